@@ -288,6 +288,9 @@ class CLIPScorer:
             raise ValueError(f"Got {len(images)} images but {len(labels)} labels; they must pair up.")
         if len(images) == 0:
             return torch.empty(0)
+        for item, label in enumerate(labels):
+            if not 0 <= int(label) < len(class_names):
+                raise ValueError(f"`labels[{item}]` is {label}, outside the {len(class_names)} classes.")
         text_embeds = self.class_embeddings(class_names)
         image_embeds = self.image_embeddings(images)
         labels = torch.as_tensor(labels, dtype=torch.long, device=image_embeds.device)
@@ -610,7 +613,10 @@ class DALDAPipeline(StableDiffusionPipeline):
                 )
             scores = clip_scores if clip_scores is not None else np.zeros(batch_size)
             return ags.sample(scores, num_shots=num_shots, generator=ags_generator)
-        scales = np.broadcast_to(np.asarray(ip_adapter_scale, dtype=np.float64), (batch_size,)).copy()
+        scales = np.asarray(ip_adapter_scale, dtype=np.float64).reshape(-1)
+        if scales.size not in (1, batch_size):
+            raise ValueError(f"`ip_adapter_scale` has {scales.size} entries for {batch_size} items; give 1 or one each.")
+        scales = np.broadcast_to(scales, (batch_size,)).copy()
         if not np.all(np.isfinite(scales)):
             raise ValueError(f"`ip_adapter_scale` must be finite, got {ip_adapter_scale}.")
         return scales
