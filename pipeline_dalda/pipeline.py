@@ -288,10 +288,10 @@ class CLIPScorer:
             raise ValueError(f"Got {len(images)} images but {len(labels)} labels; they must pair up.")
         if len(images) == 0:
             return torch.empty(0)
+        text_embeds = self.class_embeddings(class_names)
         for item, label in enumerate(labels):
             if not 0 <= int(label) < len(class_names):
                 raise ValueError(f"`labels[{item}]` is {label}, outside the {len(class_names)} classes.")
-        text_embeds = self.class_embeddings(class_names)
         image_embeds = self.image_embeddings(images)
         labels = torch.as_tensor(labels, dtype=torch.long, device=image_embeds.device)
         if self.mode == "cosine":

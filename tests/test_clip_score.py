@@ -102,3 +102,5 @@ def test_bad_inputs_are_named(scorer):
         scorer(random_images(1), [0], [])
     with pytest.raises(ValueError, match="labels"):
         scorer(random_images(2), [0], CLASSES)
+    with pytest.raises(ValueError, match=r"`labels\[1\]` is 4"):
+        scorer(random_images(2), [0, 4], CLASSES)
