@@ -1,6 +1,7 @@
 """The diffusers side of dalda: [`DALDAPipeline`], Adaptive Guidance Scaling and CLIPScore."""
 
 from .pipeline import (
+    DALDA_SCHEDULER_CONFIG,
     DEFAULT_CLIP_SCORE_MODEL,
     DEFAULT_NEGATIVE_PROMPT,
     DEFAULT_PROMPT_PREFIX,
@@ -13,6 +14,7 @@ from .pipeline import (
 
 
 __all__ = [
+    "DALDA_SCHEDULER_CONFIG",
     "DEFAULT_CLIP_SCORE_MODEL",
     "DEFAULT_NEGATIVE_PROMPT",
     "DEFAULT_PROMPT_PREFIX",

@@ -53,6 +53,15 @@ DEFAULT_CLIP_SCORE_MODEL = "openai/clip-vit-base-patch16"
 DEFAULT_PROMPT_PREFIX = "best quality, high quality, "
 DEFAULT_NEGATIVE_PROMPT = "monochrome, lowres, bad anatomy, worst quality, low quality"
 CLASS_PROMPT_TEMPLATE = "a photo of a {}"
+# DDIM settings of DALDA's released code, for `DDIMScheduler.from_config(pipe.scheduler.config, **...)`.
+DALDA_SCHEDULER_CONFIG = {
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+}
 
 CLIP_SCORE_MODES = ("probability", "cosine")
 AGS_MODES = ("truncnorm", "reference", "random", "fixed")
@@ -412,6 +421,49 @@ def per_item_ip_adapter_scales(unet: torch.nn.Module, item_scales: torch.Tensor)
         unet.set_attn_processor(original_processors)
 
 
+def class_indices(class_labels: Sequence[int | str], class_names: Sequence[str]) -> list[int]:
+    """Each item's class as an index into `class_names`; items may give a class name or an index."""
+    labels = []
+    for item, label in enumerate(class_labels):
+        if isinstance(label, str):
+            if label not in class_names:
+                raise ValueError(f"`class_labels[{item}]` is {label!r}, which is not one of `class_names`.")
+            labels.append(list(class_names).index(label))
+        elif isinstance(label, (int, np.integer)) and not isinstance(label, bool) and 0 <= label < len(class_names):
+            labels.append(int(label))
+        else:
+            raise ValueError(
+                f"`class_labels[{item}]` is {label!r}; expected a class name or an index in [0, {len(class_names)})."
+            )
+    return labels
+
+
+def item_ip_adapter_scales(
+    num_items: int,
+    ip_adapter_scale: float | Sequence[float] | None,
+    clip_scores: np.ndarray | None,
+    ags: AdaptiveGuidanceScaling,
+    num_shots: int,
+    ags_generator: np.random.Generator | int | None,
+) -> np.ndarray:
+    """Each item's λ: the caller's, or sampled with AGS from the items' CLIPScores."""
+    if ip_adapter_scale is None:
+        if clip_scores is None and ags.mode in ("truncnorm", "reference"):
+            raise ValueError(
+                "`ip_adapter_scale=None` samples λ from CLIPScores: pass `clip_scores`, or `ip_adapter_image` with "
+                "`class_names`, `class_labels` and a pipeline holding `clip_model` and `clip_processor`."
+            )
+        scores = clip_scores if clip_scores is not None else np.zeros(num_items)
+        return ags.sample(scores, num_shots=num_shots, generator=ags_generator)
+    scales = np.asarray(ip_adapter_scale, dtype=np.float64).reshape(-1)
+    if scales.size not in (1, num_items):
+        raise ValueError(f"`ip_adapter_scale` has {scales.size} entries for {num_items} items; give 1 or one each.")
+    scales = np.broadcast_to(scales, (num_items,)).copy()
+    if not np.all(np.isfinite(scales)):
+        raise ValueError(f"`ip_adapter_scale` must be finite, got {ip_adapter_scale}.")
+    return scales
+
+
 @dataclass
 class DALDAPipelineOutput(BaseOutput):
     r"""
@@ -558,21 +610,6 @@ class DALDAPipeline(StableDiffusionPipeline):
             negatives.append(negative.to(positive.dtype).expand_as(positive))
         return negatives
 
-    def _resolve_labels(self, class_labels: Sequence[int | str], class_names: Sequence[str]) -> list[int]:
-        labels = []
-        for item, label in enumerate(class_labels):
-            if isinstance(label, str):
-                if label not in class_names:
-                    raise ValueError(f"`class_labels[{item}]` is {label!r}, which is not one of `class_names`.")
-                labels.append(list(class_names).index(label))
-            elif isinstance(label, (int, np.integer)) and not isinstance(label, bool) and 0 <= label < len(class_names):
-                labels.append(int(label))
-            else:
-                raise ValueError(
-                    f"`class_labels[{item}]` is {label!r}; expected a class name or an index in [0, {len(class_names)})."
-                )
-        return labels
-
     def _item_clip_scores(
         self,
         batch_size: int,
@@ -592,34 +629,8 @@ class DALDAPipeline(StableDiffusionPipeline):
             return None
         if len(class_labels) != batch_size:
             raise ValueError(f"`class_labels` has {len(class_labels)} entries for {batch_size} items.")
-        labels = self._resolve_labels(class_labels, class_names)
+        labels = class_indices(class_labels, class_names)
         return self.clip_scorer(clip_score_mode)(images, labels, class_names).double().numpy()
-
-    @staticmethod
-    def _item_ip_adapter_scales(
-        batch_size: int,
-        ip_adapter_scale: float | Sequence[float] | None,
-        clip_scores: np.ndarray | None,
-        ags: AdaptiveGuidanceScaling,
-        num_shots: int,
-        ags_generator: np.random.Generator | int | None,
-    ) -> np.ndarray:
-        """Each item's λ: the caller's, or sampled with AGS from the items' CLIPScores."""
-        if ip_adapter_scale is None:
-            if clip_scores is None and ags.mode in ("truncnorm", "reference"):
-                raise ValueError(
-                    "`ip_adapter_scale=None` samples λ from CLIPScores: pass `clip_scores`, or `ip_adapter_image` with "
-                    "`class_names`, `class_labels` and a pipeline holding `clip_model` and `clip_processor`."
-                )
-            scores = clip_scores if clip_scores is not None else np.zeros(batch_size)
-            return ags.sample(scores, num_shots=num_shots, generator=ags_generator)
-        scales = np.asarray(ip_adapter_scale, dtype=np.float64).reshape(-1)
-        if scales.size not in (1, batch_size):
-            raise ValueError(f"`ip_adapter_scale` has {scales.size} entries for {batch_size} items; give 1 or one each.")
-        scales = np.broadcast_to(scales, (batch_size,)).copy()
-        if not np.all(np.isfinite(scales)):
-            raise ValueError(f"`ip_adapter_scale` must be finite, got {ip_adapter_scale}.")
-        return scales
 
     @torch.no_grad()
     def __call__(
@@ -703,7 +714,7 @@ class DALDAPipeline(StableDiffusionPipeline):
             raise ValueError("IP-Adapter masks are not supported with per-item IP-Adapter scales.")
 
         scores = self._item_clip_scores(batch_size, clip_scores, images, class_names, class_labels, clip_score_mode)
-        scales = self._item_ip_adapter_scales(
+        scales = item_ip_adapter_scales(
             batch_size, ip_adapter_scale, scores, ags or AdaptiveGuidanceScaling(), num_shots, ags_generator
         )
 

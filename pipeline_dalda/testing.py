@@ -30,19 +30,11 @@ from transformers import (
     CLIPVisionModelWithProjection,
 )
 
+from .pipeline import DALDA_SCHEDULER_CONFIG
+
 
 IP_ADAPTER_SUBFOLDER = "models"
 IP_ADAPTER_WEIGHT_NAME = "ip-adapter_sd15.safetensors"
-
-# The SD 1.x scheduler settings DALDA generates with (DESIGN: DDIM, scaled_linear betas 0.00085-0.012).
-DALDA_SCHEDULER_CONFIG = {
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "clip_sample": False,
-    "set_alpha_to_one": False,
-    "steps_offset": 1,
-}
 
 _HIDDEN_SIZE = 32
 _IMAGE_SIZE = 32
