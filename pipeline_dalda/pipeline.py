@@ -194,7 +194,8 @@ class AdaptiveGuidanceScaling:
             return rng.uniform(0.0, 1.0, size=mean.shape)
         if self.mode == "reference":
             # The released code clamps instead of truncating, and widens the high range's top with √n.
-            top = np.where(high == self.high_max, self.high_max + 0.1 * math.sqrt(num_shots), high)
+            is_high = np.asarray(clip_scores, dtype=np.float64).reshape(-1) > self.threshold
+            top = np.where(is_high, self.high_max + 0.1 * math.sqrt(num_shots), high)
             return np.clip(rng.normal(mean, sigma), low, top)
         if mean.size == 0:
             return mean
@@ -529,6 +530,7 @@ class DALDAPipeline(StableDiffusionPipeline):
             requires_safety_checker=requires_safety_checker,
         )
         self.register_modules(clip_model=clip_model, clip_processor=clip_processor)
+        self._scorer: CLIPScorer | None = None
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs):
         """Saves the pipeline as [`DiffusionPipeline.save_pretrained`] does, plus this file as `dalda.py`, so the
@@ -541,14 +543,24 @@ class DALDAPipeline(StableDiffusionPipeline):
         super().save_pretrained(save_directory, **kwargs)
 
     def clip_scorer(self, mode: str = "probability") -> CLIPScorer:
-        """A [`CLIPScorer`] over the pipeline's CLIP scoring components."""
+        """A [`CLIPScorer`] over the pipeline's CLIP scoring components, kept across calls so that the class
+        prompts' embeddings are computed once per class list."""
+        scorer = self._scorer
+        if (
+            scorer is not None
+            and scorer.model is self.clip_model
+            and scorer.processor is self.clip_processor
+            and scorer.mode == mode
+        ):
+            return scorer
         if self.clip_model is None or self.clip_processor is None:
             raise ValueError(
                 "CLIPScore needs the `clip_model` and `clip_processor` components; load them with the pipeline, e.g. "
                 f"`from_pretrained(..., clip_model=CLIPModel.from_pretrained({DEFAULT_CLIP_SCORE_MODEL!r}), "
                 f"clip_processor=CLIPProcessor.from_pretrained({DEFAULT_CLIP_SCORE_MODEL!r}))`."
             )
-        return CLIPScorer(self.clip_model, self.clip_processor, mode=mode)
+        self._scorer = CLIPScorer(self.clip_model, self.clip_processor, mode=mode)
+        return self._scorer
 
     @torch.no_grad()
     def encode_ip_adapter_images(self, images: Sequence[PIL.Image.Image]) -> list[torch.Tensor]:

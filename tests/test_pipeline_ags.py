@@ -92,3 +92,12 @@ def test_pipeline_without_ip_adapter_says_so(tiny_models):
     pipe = DALDAPipeline.from_pretrained(tiny_models.stable_diffusion)
     with pytest.raises(ValueError, match="load_ip_adapter"):
         call(pipe, ip_adapter_scale=0.5)
+
+
+def test_class_prompts_are_encoded_once_across_calls(dalda_pipe):
+    scorer = dalda_pipe.clip_scorer()
+    call(dalda_pipe, ip_adapter_scale=0.5, class_names=CLASSES, class_labels=[0, 1, 2])
+    cached = scorer.class_embeddings(CLASSES)
+    call(dalda_pipe, ip_adapter_scale=0.5, class_names=CLASSES, class_labels=[2, 1, 0])
+    assert dalda_pipe.clip_scorer() is scorer and scorer.class_embeddings(CLASSES) is cached
+    assert dalda_pipe.clip_scorer("cosine").mode == "cosine"
