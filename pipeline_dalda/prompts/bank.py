@@ -1,0 +1,89 @@
+"""Prompt banks on disk: `{"prompts": {class: [sentences]}, "metadata": {...}}`, written atomically."""
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+def write_json_atomically(path: str | os.PathLike, payload: Any) -> None:
+    """Writes JSON so that `path` holds either its old content or the whole new one, even if the process dies."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+            json.dump(payload, file, ensure_ascii=False, indent=2)
+            file.write("\n")
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+@dataclass
+class PromptBank:
+    """M sentences per class, and how they were made."""
+
+    prompts: dict[str, list[str]]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, path: str | os.PathLike) -> None:
+        write_json_atomically(path, {"prompts": self.prompts, "metadata": self.metadata})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "PromptBank":
+        """Reads a bank in this format, or a plain `{"class name": ["sentence", ...]}` (DALDA's released format)."""
+        try:
+            payload = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as error:
+            raise ValueError(f"Cannot read the prompt bank {str(path)!r}: {error}") from error
+        if isinstance(payload, dict) and set(payload) == {"prompts", "metadata"}:
+            prompts, metadata = payload["prompts"], payload["metadata"]
+        else:
+            prompts, metadata = payload, {}
+        if not isinstance(prompts, dict) or not all(
+            isinstance(sentences, list) and all(isinstance(s, str) for s in sentences) for sentences in prompts.values()
+        ):
+            raise ValueError(f"The prompt bank {str(path)!r} is not a JSON object of class name → list of sentences.")
+        return cls(prompts=prompts, metadata=metadata)
+
+
+class ChunkCheckpoints:
+    """The finished chunks of an unfinished run: one atomically written file per chunk, named by its classes.
+
+    The folder also records the run's settings, so a resumed run never mixes sentences made with other settings.
+    """
+
+    def __init__(self, directory: str | os.PathLike, settings: dict[str, Any]):
+        self.directory = Path(directory)
+        self.settings = settings
+
+    def open(self) -> list[dict[str, Any]]:
+        """Creates or reopens the folder; returns the finished chunks' records."""
+        settings_file = self.directory / "settings.json"
+        if settings_file.exists():
+            recorded = json.loads(settings_file.read_text(encoding="utf-8"))
+            if recorded != self.settings:
+                changed = sorted(k for k in recorded.keys() | self.settings.keys() if recorded.get(k) != self.settings.get(k))
+                raise ValueError(
+                    f"{str(self.directory)!r} holds an unfinished run made with other settings ({', '.join(changed)}); "
+                    "delete it to start over, or run with the same settings to resume."
+                )
+        else:
+            write_json_atomically(settings_file, self.settings)
+        return [json.loads(path.read_text(encoding="utf-8")) for path in sorted(self.directory.glob("chunk-*.json"))]
+
+    def save_chunk(self, record: dict[str, Any]) -> None:
+        """Saves a finished chunk; `record["classes"]` maps its class names to their results."""
+        key = hashlib.sha256(json.dumps(sorted(record["classes"])).encode()).hexdigest()[:16]
+        write_json_atomically(self.directory / f"chunk-{key}.json", record)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)

@@ -1,0 +1,112 @@
+"""A real HTTP server on loopback that speaks OpenAI's Chat Completions protocol, for the prompt-generation tests.
+
+By default it answers like a well-behaved LLM: for every class asked, the requested number of sentences naming it.
+Tests queue faults (HTTP errors, bad content, altered answers) that the next requests get instead, and read back
+every request it received.
+"""
+
+import json
+import re
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable
+
+
+WANTED_LINE = re.compile(r"with this shape and these counts: (\{.*\})$", re.MULTILINE)
+
+
+def wanted_counts(body: dict[str, Any]) -> dict[str, int]:
+    """The classes a request asks for and how many sentences each, read from its instructions."""
+    user_message = body["messages"][-1]["content"]
+    return {name: len(placeholders) for name, placeholders in json.loads(WANTED_LINE.search(user_message)[1]).items()}
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    content: str | None = None  # the assistant message; None means a good answer
+    alter: Callable[[dict[str, list[str]]], dict[str, Any]] | None = None  # edits the good answer
+    body: str | None = None  # a raw error body for non-200 replies
+
+
+class ChatServer:
+    def __init__(self, delay: float = 0.0, reject_json_mode: bool = False):
+        self.delay = delay
+        self.reject_json_mode = reject_json_mode
+        self.requests: list[dict[str, Any]] = []
+        self.faults: deque[Reply] = deque()
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+
+    def __enter__(self) -> "ChatServer":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def asked_classes(self) -> list[list[str]]:
+        return [list(wanted_counts(request["body"])) for request in self.requests]
+
+    def good_answer(self, body: dict[str, Any], number: int) -> dict[str, list[str]]:
+        return {
+            name: [f"A {name.replace('_', ' ')} seen in scene {number}-{i}, in soft light." for i in range(count)]
+            for name, count in wanted_counts(body).items()
+        }
+
+    def _reply(self, body: dict[str, Any], headers: dict[str, str]) -> tuple[int, dict[str, str], str]:
+        with self._lock:
+            number = len(self.requests)
+            self.requests.append({"body": body, "headers": headers, "time": time.monotonic()})
+            fault = self.faults.popleft() if self.faults else Reply()
+        if self.delay:
+            time.sleep(self.delay)
+        if self.reject_json_mode and "response_format" in body:
+            return 400, {}, json.dumps({"error": {"message": "response_format is not supported", "type": "invalid"}})
+        if fault.status != 200:
+            return fault.status, fault.headers, fault.body or json.dumps({"error": {"message": "fault", "type": "x"}})
+        content = fault.content
+        if content is None:
+            answer = self.good_answer(body, number)
+            content = json.dumps(fault.alter(answer) if fault.alter else answer)
+        completion = {
+            "id": f"chatcmpl-{number}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body["model"],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 100, "completion_tokens": 40, "total_tokens": 140},
+        }
+        return 200, {}, json.dumps(completion)
+
+    def _handler(self):
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                length = int(self.headers.get("content-length", 0))
+                body = json.loads(self.rfile.read(length))
+                status, headers, payload = server._reply(body, {k.lower(): v for k, v in self.headers.items()})
+                data = payload.encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        return Handler
