@@ -37,7 +37,7 @@ def _generate_command():
 
 
 def _prompts_command():
-    from dataset_builders.class_names import ClassListArguments, load_class_names
+    from dataset_builders.source import ClassListArguments, load_class_names
 
     from .prompts import LLMSettings, PromptArguments, PromptRequestError, generate_prompt_bank
 
@@ -48,6 +48,25 @@ def _prompts_command():
             raise SystemExit(f"dalda prompts: {error}") from error
 
     return (PromptArguments, ClassListArguments, LLMSettings), prompts
+
+
+def _augment_command():
+    from dataset_builders.augment import AugmentArguments, augment_dataset
+    from dataset_builders.source import SourceArguments
+
+    from .loading import ModelArguments
+    from .pipeline import AdaptiveGuidanceScaling
+
+    def augment(model_args, source_args, args, ags) -> None:
+        augment_dataset(source_args, args, model_args, ags)
+
+    return (ModelArguments, SourceArguments, AugmentArguments, AdaptiveGuidanceScaling), augment
+
+
+def _demo_command():
+    from dataset_builders.demo import DemoArguments, run_demo
+
+    return (DemoArguments,), run_demo
 
 
 def _tiny_models_command():
@@ -62,6 +81,11 @@ class Command:
 
 
 COMMANDS = {
+    "demo": Command("Run the whole job offline on a small drawn dataset with tiny models (about a minute).", _demo_command),
+    "augment": Command(
+        "Augment a few-shot dataset with DALDA into a Hub-layout dataset (resumable; runs under accelerate).",
+        _augment_command,
+    ),
     "prompts": Command("Write M scene sentences per class (LLM, templates or a file) as a prompt bank.", _prompts_command),
     "generate": Command("Generate images from real images and prompts with DALDAPipeline.", _generate_command),
     "tiny-models": Command(

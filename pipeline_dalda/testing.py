@@ -39,6 +39,7 @@ IP_ADAPTER_WEIGHT_NAME = "ip-adapter_sd15.safetensors"
 _HIDDEN_SIZE = 32
 _IMAGE_SIZE = 32
 _IP_ADAPTER_TOKENS = 4
+_MAX_TOKENS = 256
 
 
 @dataclass(frozen=True)
@@ -54,10 +55,14 @@ class TinyModelPaths:
 
 
 def tiny_clip_tokenizer() -> CLIPTokenizer:
-    """A byte-level CLIP tokenizer built locally: every byte is a token, so any text tokenizes."""
+    """A byte-level CLIP tokenizer built locally: every byte is a token, so any text tokenizes.
+
+    Its context is longer than CLIP's 77 tokens, since one byte per token would truncate ordinary prompts."""
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     tokens = ["<|startoftext|>", "<|endoftext|>"] + alphabet + [symbol + "</w>" for symbol in alphabet]
-    return CLIPTokenizer(vocab={token: index for index, token in enumerate(tokens)}, merges=[], model_max_length=77)
+    return CLIPTokenizer(
+        vocab={token: index for index, token in enumerate(tokens)}, merges=[], model_max_length=_MAX_TOKENS
+    )
 
 
 def _text_config(vocab_size: int) -> CLIPTextConfig:
@@ -67,7 +72,7 @@ def _text_config(vocab_size: int) -> CLIPTextConfig:
         intermediate_size=37,
         num_hidden_layers=2,
         num_attention_heads=4,
-        max_position_embeddings=77,
+        max_position_embeddings=_MAX_TOKENS,
         projection_dim=_HIDDEN_SIZE,
         bos_token_id=0,
         eos_token_id=1,

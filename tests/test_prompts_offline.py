@@ -9,7 +9,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from dataset_builders.class_names import ClassListArguments, load_class_names
+from dataset_builders.source import ClassListArguments, load_class_names
 from pipeline_dalda.prompts import (
     ClassNameMatcher,
     PromptArguments,

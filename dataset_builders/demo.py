@@ -1,0 +1,87 @@
+"""`dalda demo`: the whole job on a fresh machine with no network — a small drawn dataset, the offline model kit,
+template prompts — ending in a Hub-layout dataset and a contact sheet."""
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import PIL.ImageDraw
+
+from pipeline_dalda import AdaptiveGuidanceScaling
+from pipeline_dalda.loading import ModelArguments
+from pipeline_dalda.prompts import PromptArguments, generate_prompt_bank
+from pipeline_dalda.testing import IP_ADAPTER_WEIGHT_NAME, save_tiny_models
+
+from .augment import AugmentArguments, augment_dataset
+from .source import SourceArguments
+
+
+logger = logging.getLogger(__name__)
+
+DEMO_CLASSES = ("circle", "square", "triangle")
+
+
+@dataclass
+class DemoArguments:
+    output_dir: str = field(default="dalda-demo", metadata={"help": "Where the demo writes everything."})
+    images_per_class: int = field(default=2, metadata={"help": "Real images per class (n)."})
+    num_prompts: int = field(default=3, metadata={"help": "Synthetic images per real image (M)."})
+
+
+def draw_demo_dataset(folder: Path, images_per_class: int, seed: int = 0) -> Path:
+    """An imagefolder dataset of coloured shapes on plain backgrounds, one subfolder per class."""
+    rng = np.random.default_rng(seed)
+    for name in DEMO_CLASSES:
+        (folder / "train" / name).mkdir(parents=True, exist_ok=True)
+        for index in range(images_per_class):
+            background, colour = (tuple(int(c) for c in rng.integers(0, 256, 3)) for _ in range(2))
+            image = PIL.Image.new("RGB", (96, 80), background)
+            draw = PIL.ImageDraw.Draw(image)
+            x, y, r = int(rng.integers(30, 66)), int(rng.integers(28, 52)), int(rng.integers(14, 26))
+            if name == "circle":
+                draw.ellipse((x - r, y - r, x + r, y + r), fill=colour)
+            elif name == "square":
+                draw.rectangle((x - r, y - r, x + r, y + r), fill=colour)
+            else:
+                draw.polygon([(x, y - r), (x - r, y + r), (x + r, y + r)], fill=colour)
+            image.save(folder / "train" / name / f"{index}.png")
+    return folder
+
+
+def run_demo(args: DemoArguments) -> None:
+    output = Path(args.output_dir)
+    models = output / "models"
+    if not (models / "clip-scorer" / "config.json").exists():
+        save_tiny_models(models)
+    source = draw_demo_dataset(output / "source", args.images_per_class)
+    bank = output / "prompts.json"
+    generate_prompt_bank(PromptArguments(output=str(bank), num_prompts=args.num_prompts), list(DEMO_CLASSES))
+    model_args = ModelArguments(
+        pretrained_model_name_or_path=str(models / "stable-diffusion"),
+        vae="",
+        ip_adapter=str(models / "ip-adapter"),
+        ip_adapter_weight_name=IP_ADAPTER_WEIGHT_NAME,
+        clip_score_model=str(models / "clip-scorer"),
+    )
+    augment_dataset(
+        SourceArguments(dataset=str(source), num_shots=args.images_per_class),
+        AugmentArguments(
+            output_dir=str(output / "dataset"),
+            prompt_bank=str(bank),
+            num_prompts=args.num_prompts,
+            num_inference_steps=10,
+            batch_size=args.num_prompts * 2,
+        ),
+        model_args,
+        AdaptiveGuidanceScaling(),
+    )
+    print(
+        f"\nThe demo dataset is in {output / 'dataset'} (load it with datasets.load_dataset({str(output / 'dataset')!r}))"
+        f"\nand its contact sheet in {output / 'dataset' / 'contact_sheet.png'}."
+        "\nThe demo's models are tiny and untrained, so its synthetic images are noise. With the real models:"
+        "\n  dalda prompts --backend openai --model gpt-4-0613 --dataset_description '...' --dataset <dataset> "
+        "--output prompts.json"
+        "\n  dalda augment --dataset <dataset> --num_shots 1 --prompt_bank prompts.json --output_dir augmented"
+    )

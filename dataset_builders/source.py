@@ -1,0 +1,183 @@
+"""The source dataset: any image-classification split `datasets` can read, its class names, and the few-shot
+selection of real images."""
+
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+import numpy as np
+import PIL.Image
+import PIL.ImageOps
+
+from pipeline_dalda import to_rgb
+
+
+def load_split(path: str, config: str | None, revision: str | None, split: str) -> datasets.Dataset:
+    """One split of a Hub dataset or of a local folder (imagefolder, parquet, or a `save_to_disk` folder)."""
+    if os.path.isdir(path) and (Path(path, "dataset_info.json").exists() or Path(path, "dataset_dict.json").exists()):
+        loaded = datasets.load_from_disk(path)
+        if isinstance(loaded, datasets.DatasetDict):
+            if split not in loaded:
+                raise ValueError(f"The dataset {path!r} has no split {split!r}; it has {list(loaded)}.")
+            loaded = loaded[split]
+        return loaded
+    return datasets.load_dataset(path, config, split=split, revision=revision)
+
+
+@dataclass
+class ClassListArguments:
+    """Where the class names come from: a dataset (Hub id or local path) or a file."""
+
+    dataset: str | None = field(
+        default=None, metadata={"help": "A Hub dataset id, or a local folder (imagefolder, parquet, save_to_disk)."}
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "The dataset's configuration name."})
+    dataset_revision: str | None = field(default=None, metadata={"help": "A branch, tag or commit of a Hub dataset."})
+    split: str = field(default="train", metadata={"help": "The split to read the label column from."})
+    label_column: str = field(default="label", metadata={"help": "The ClassLabel column."})
+    class_names_file: str | None = field(
+        default=None, metadata={"help": "Instead of a dataset: one name per line, or a JSON list of names."}
+    )
+
+    def __post_init__(self):
+        if (self.dataset is None) == (self.class_names_file is None):
+            raise ValueError("Give exactly one of `dataset` and `class_names_file`.")
+
+
+def _names_from_file(path: str) -> list[str]:
+    text = Path(path).read_text(encoding="utf-8")
+    if path.endswith(".json"):
+        payload = json.loads(text)
+        names = payload.get("names") if isinstance(payload, dict) else payload
+        if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+            raise ValueError(f"{path!r} must hold a JSON list of class names (or {{\"names\": [...]}}).")
+        return names
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _load_features(args: ClassListArguments) -> datasets.Features:
+    if not os.path.isdir(args.dataset):
+        builder = datasets.load_dataset_builder(args.dataset, args.dataset_config, revision=args.dataset_revision)
+        if builder.info.features is not None and args.label_column in builder.info.features:
+            return builder.info.features
+    # Local folders and datasets whose labels come from their files: read the split.
+    return load_split(args.dataset, args.dataset_config, args.dataset_revision, args.split).features
+
+
+def load_class_names(args: ClassListArguments) -> list[str]:
+    """The class names, in label order, with a clear error when they cannot be read."""
+    if args.class_names_file is not None:
+        return _names_from_file(args.class_names_file)
+    features = _load_features(args)
+    feature = features.get(args.label_column)
+    if feature is None:
+        raise ValueError(
+            f"The dataset {args.dataset!r} has no column {args.label_column!r}; its columns are {list(features)}. "
+            "Name the label column with `label_column`."
+        )
+    if not isinstance(feature, datasets.ClassLabel):
+        raise ValueError(
+            f"The column {args.label_column!r} of {args.dataset!r} is {feature}, not a ClassLabel; name the label "
+            "column with `label_column` or give `class_names_file`."
+        )
+    return list(feature.names)
+
+
+@dataclass
+class SourceArguments(ClassListArguments):
+    """The real images: a dataset with an image column and a label column, and how many to take per class."""
+
+    image_column: str = field(default="image", metadata={"help": "The image column."})
+    num_shots: int = field(default=1, metadata={"help": "Real images per class (n)."})
+    allow_fewer_shots: bool = field(
+        default=False, metadata={"help": "Take every image of a class that has fewer than n, instead of failing."}
+    )
+
+    def __post_init__(self):
+        if self.dataset is None:
+            raise ValueError("`dataset` is required: a Hub dataset id or a local folder.")
+        if self.num_shots < 1:
+            raise ValueError(f"`num_shots` must be >= 1, got {self.num_shots}.")
+
+
+@dataclass
+class RealImages:
+    """The source split (images left undecoded, so one bad file cannot break loading) and its class names."""
+
+    dataset: datasets.Dataset
+    class_names: list[str]
+    labels: list[int | None]
+    """Each row's class index, or None where the label is missing or names no class."""
+
+
+def load_real_images(args: SourceArguments) -> RealImages:
+    dataset = load_split(args.dataset, args.dataset_config, args.dataset_revision, args.split)
+    for column in (args.image_column, args.label_column):
+        if column not in dataset.column_names:
+            raise ValueError(
+                f"The dataset {args.dataset!r} has no column {column!r}; its columns are {dataset.column_names}."
+            )
+    if not isinstance(dataset.features[args.image_column], datasets.Image):
+        raise ValueError(f"The column {args.image_column!r} of {args.dataset!r} is not an Image column.")
+    dataset = dataset.cast_column(args.image_column, datasets.Image(decode=False))
+    label_feature = dataset.features[args.label_column]
+    if args.class_names_file is None and not isinstance(label_feature, datasets.ClassLabel):
+        raise ValueError(
+            f"The column {args.label_column!r} of {args.dataset!r} is {label_feature}, not a ClassLabel; "
+            "give the class names with `class_names_file`."
+        )
+    class_names = load_class_names(args) if args.class_names_file else list(label_feature.names)
+    if not class_names:
+        raise ValueError("The class list is empty.")
+    index_of = {name: index for index, name in enumerate(class_names)}
+    labels = []
+    for value in dataset[args.label_column]:
+        if isinstance(value, str):
+            labels.append(index_of.get(value))
+        elif isinstance(value, (int, np.integer)) and 0 <= value < len(class_names):
+            labels.append(int(value))
+        else:
+            labels.append(None)
+    return RealImages(dataset, class_names, labels)
+
+
+def select_few_shot(
+    labels: list[int | None], class_names: list[str], num_shots: int, seed: int, allow_fewer: bool = False
+) -> list[int]:
+    """`num_shots` source indices per class, drawn reproducibly from `seed`, in class order.
+
+    Each class draws from its own random stream, so a class's selection does not depend on the other classes.
+    """
+    by_class: dict[int, list[int]] = {label: [] for label in range(len(class_names))}
+    for index, label in enumerate(labels):
+        if label is not None:
+            by_class[label].append(index)
+    selected = []
+    for label, candidates in by_class.items():
+        if len(candidates) < num_shots and not allow_fewer:
+            raise ValueError(
+                f"Class {class_names[label]!r} (label {label}) has {len(candidates)} images, fewer than the "
+                f"{num_shots} shots asked; pass `allow_fewer_shots` to take what there is."
+            )
+        rng = np.random.default_rng([seed, label])
+        selected += sorted(rng.permutation(candidates)[:num_shots].tolist())
+    return selected
+
+
+class BadImage(ValueError):
+    """A real image that cannot be used; the message says why."""
+
+
+def decode_real_image(value: dict) -> PIL.Image.Image:
+    """Decodes an undecoded `datasets` image (bytes or path) to upright 8-bit RGB, or raises `BadImage`."""
+    try:
+        source = io.BytesIO(value["bytes"]) if value.get("bytes") is not None else value["path"]
+        with PIL.Image.open(source) as image:
+            image.load()
+            upright = PIL.ImageOps.exif_transpose(image)
+            return to_rgb(upright)
+    except (OSError, SyntaxError, ValueError, TypeError, PIL.Image.DecompressionBombError) as error:
+        raise BadImage(f"cannot decode the image: {type(error).__name__}: {error}") from error

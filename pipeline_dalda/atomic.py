@@ -1,0 +1,36 @@
+"""Atomic file writes: a file is either absent, its old self, or complete — never half written — even if the
+process is killed midway."""
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+
+@contextmanager
+def atomic_output(path: str | os.PathLike, temp_dir: str | os.PathLike | None = None) -> Iterator[Path]:
+    """Yields a temporary path to write; on success it replaces `path` in one step.
+
+    The temporary file lives in `temp_dir` (default: beside `path`), which must be on the same file system.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    directory = Path(temp_dir) if temp_dir is not None else path.parent
+    directory.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(descriptor)
+    try:
+        yield Path(temporary)
+        with open(temporary, "rb") as written:
+            os.fsync(written.fileno())
+        os.replace(temporary, path)
+    finally:
+        Path(temporary).unlink(missing_ok=True)
+
+
+def write_json_atomically(path: str | os.PathLike, payload: Any) -> None:
+    """Writes `payload` as UTF-8 JSON to `path` atomically."""
+    with atomic_output(path) as temporary:
+        temporary.write_text(json.dumps(payload, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")

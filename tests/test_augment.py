@@ -1,0 +1,302 @@
+"""`dalda augment` end to end on the kit's tiny models: Hub layout, determinism, resume, accelerate, bad inputs."""
+
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import datasets
+import numpy as np
+import PIL.Image
+import pytest
+
+from dataset_builders.augment import AugmentArguments, augment_dataset, image_seed
+from dataset_builders.source import SourceArguments, select_few_shot
+from pipeline_dalda import AdaptiveGuidanceScaling
+from pipeline_dalda.loading import ModelArguments
+from pipeline_dalda.prompts import PromptArguments, generate_prompt_bank
+from pipeline_dalda.testing import IP_ADAPTER_WEIGHT_NAME
+
+from .conftest import random_images
+from .test_cli import dalda_command, run_dalda
+
+
+CLASSES = ["pug", "beagle", "persian cat"]
+SECRET_TOKEN = "hf_dalda_test_SECRET_token_0123456789"
+
+
+def model_args(tiny_models) -> ModelArguments:
+    return ModelArguments(
+        pretrained_model_name_or_path=str(tiny_models.stable_diffusion),
+        vae="",
+        ip_adapter=str(tiny_models.ip_adapter),
+        ip_adapter_weight_name=IP_ADAPTER_WEIGHT_NAME,
+        clip_score_model=str(tiny_models.clip_scorer),
+    )
+
+
+@pytest.fixture(scope="module")
+def pets(tmp_path_factory):
+    """A `save_to_disk` dataset: 3 classes × 3 images of assorted sizes, and a template prompt bank for it."""
+    root = tmp_path_factory.mktemp("pets")
+    sizes = [(48, 40), (30, 30), (64, 20)]
+    images = [image.resize(sizes[i % 3]) for i, image in enumerate(random_images(9, seed=40))]
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=CLASSES)})
+    datasets.Dataset.from_dict({"image": images, "label": [i % 3 for i in range(9)]}, features=features).save_to_disk(
+        root / "dataset"
+    )
+    generate_prompt_bank(PromptArguments(output=str(root / "bank.json"), num_prompts=3), CLASSES)
+    return root
+
+
+def augment(tiny_models, pets, output_dir, **overrides):
+    source = SourceArguments(dataset=str(pets / "dataset"), num_shots=overrides.pop("num_shots", 2))
+    values = dict(prompt_bank=str(pets / "bank.json"), num_prompts=2, num_inference_steps=2, batch_size=3)
+    args = AugmentArguments(output_dir=str(output_dir), **{**values, **overrides})
+    return augment_dataset(source, args, model_args(tiny_models), AdaptiveGuidanceScaling())
+
+
+def rows_without_images(dataset):
+    """Each row's identity (source, kind, prompt, seed), sorted, and its λ and CLIPScore in that order."""
+    rows = sorted(
+        ((row["source_index"], row["is_synthetic"], row["prompt"] or "", row["seed"] or -1),
+         (row["ip_adapter_scale"] or -1.0, row["clip_score"]))
+        for row in dataset.remove_columns("image")
+    )
+    return [identity for identity, _ in rows], np.array([values for _, values in rows])
+
+
+def assert_same_rows(first, second):
+    """The same rows; λ and CLIPScore within 1e-5, as CLIP on the CPU can differ in the last bits between runs."""
+    (first_rows, first_values), (second_rows, second_values) = rows_without_images(first), rows_without_images(second)
+    assert first_rows == second_rows
+    np.testing.assert_allclose(first_values, second_values, atol=1e-5, rtol=0)
+
+
+def images_by_row(dataset):
+    return {(row["source_index"], row["seed"]): np.asarray(row["image"], dtype=float) for row in dataset}
+
+
+def assert_same_dataset(first, second, tolerance=2):
+    assert_same_rows(first, second)
+    first_images, second_images = images_by_row(first), images_by_row(second)
+    for key, image in first_images.items():
+        assert image.shape == second_images[key].shape
+        assert np.abs(image - second_images[key]).max() <= tolerance, key
+
+
+@pytest.fixture(scope="module")
+def augmented(tiny_models, pets, tmp_path_factory):
+    os.environ["HF_TOKEN"] = SECRET_TOKEN
+    try:
+        output = tmp_path_factory.mktemp("augmented") / "out"
+        summary = augment(tiny_models, pets, output)
+    finally:
+        del os.environ["HF_TOKEN"]
+    return output, summary
+
+
+def test_output_loads_with_load_dataset_as_from_the_hub(augmented, pets):
+    output, summary = augmented
+    dataset = datasets.load_dataset(str(output), split="train")
+    assert len(dataset) == len(CLASSES) * 2 * (1 + 2) == summary["rows"]
+    assert dataset.features["label"].names == CLASSES
+    assert set(dataset.column_names) >= {
+        "image", "label", "is_synthetic", "source_index", "prompt", "ip_adapter_scale", "clip_score", "seed"}
+    assert sorted(Path(output, "data").iterdir())[0].name == "train-00000-of-00002.parquet"
+
+    source = datasets.load_from_disk(str(pets / "dataset"))
+    selected = select_few_shot(source["label"], CLASSES, 2, seed=0)
+    real = dataset.filter(lambda row: not row["is_synthetic"])
+    assert sorted(real["source_index"]) == sorted(selected)
+    bank = json.loads((pets / "bank.json").read_text())["prompts"]
+    for row in dataset.filter(lambda row: row["is_synthetic"]):
+        source_row = source[row["source_index"]]
+        assert row["label"] == source_row["label"]
+        assert row["image"].size == source_row["image"].size
+        assert row["prompt"] in bank[CLASSES[row["label"]]][:2]
+        assert row["seed"] in {image_seed(0, row["source_index"], j) for j in range(2)}
+        assert 0.1 <= row["ip_adapter_scale"] <= 0.9 and 0 < row["clip_score"] < 1
+    for row in real:
+        assert np.array_equal(np.asarray(row["image"]), np.asarray(source[row["source_index"]]["image"]))
+
+
+def test_card_says_how_it_was_made_and_holds_no_secret(augmented, tiny_models):
+    output, summary = augmented
+    card = (output / "README.md").read_text()
+    for fact in (
+        str(tiny_models.stable_diffusion), str(tiny_models.ip_adapter), IP_ADAPTER_WEIGHT_NAME,
+        "real images per class (n) | 2", "synthetic images per real image (M) | 2", "mode `truncnorm`",
+        "backend `template`", "18 rows", "6 real images", "12 synthetic", "| λ (synthetic images) |",
+        f"| {summary['ip_adapter_scale']['mean']} |", "CreativeML OpenRAIL-M", "arXiv:2409.16949",
+    ):
+        assert fact in card, fact
+    assert SECRET_TOKEN not in card
+    for path in output.rglob("*"):
+        if path.is_file():
+            assert SECRET_TOKEN.encode() not in path.read_bytes(), path
+    sheet = PIL.Image.open(output / "contact_sheet.png")
+    assert sheet.size[0] > 3 * 128 and sheet.size[1] > 6 * 128
+
+
+def test_result_does_not_depend_on_batch_size(augmented, tiny_models, pets, tmp_path):
+    output, _ = augmented
+    augment(tiny_models, pets, tmp_path / "batch-of-one", batch_size=1, real_images_per_shard=4)
+    other_layout = datasets.load_dataset(str(tmp_path / "batch-of-one"), split="train")
+    assert_same_dataset(datasets.load_dataset(str(output), split="train"), other_layout)
+
+
+def test_finished_output_is_not_regenerated_and_other_settings_are_refused(augmented, tiny_models, pets):
+    output, _ = augmented
+    shards = {path: path.stat().st_mtime_ns for path in (output / "data").iterdir()}
+    augment(tiny_models, pets, output)
+    assert {path: path.stat().st_mtime_ns for path in (output / "data").iterdir()} == shards
+    with pytest.raises(ValueError, match="other settings \\(generation\\)"):
+        augment(tiny_models, pets, output, num_prompts=3)
+
+
+def test_base_prompt_and_not_enough_shots(tiny_models, pets, tmp_path):
+    summary = augment(tiny_models, pets, tmp_path / "base", prompt_bank=None, base_prompt=True, num_shots=1)
+    dataset = datasets.load_dataset(str(tmp_path / "base"), split="train")
+    prompts = set(dataset.filter(lambda row: row["is_synthetic"])["prompt"])
+    assert prompts == {"a photo of a pug", "a photo of a beagle", "a photo of a persian cat"}
+    assert summary["rows"] == 3 * 1 * 3
+    with pytest.raises(ValueError, match="Class 'pug' \\(label 0\\) has 3 images, fewer than the 4 shots"):
+        augment(tiny_models, pets, tmp_path / "four", num_shots=4)
+
+
+def config_file(tiny_models, pets, output_dir, path, **overrides):
+    config = {
+        **{key: value for key, value in vars(model_args(tiny_models)).items()},
+        "dataset": str(pets / "dataset"), "num_shots": 2, "prompt_bank": str(pets / "bank.json"), "num_prompts": 2,
+        "num_inference_steps": 2, "batch_size": 3, "output_dir": str(output_dir), **overrides,
+    }
+    path.write_text(json.dumps(config))
+    return path
+
+
+def test_sigkill_then_resume_finishes_without_redoing_shards(augmented, tiny_models, pets, tmp_path):
+    output = tmp_path / "killed"
+    config = config_file(tiny_models, pets, output, tmp_path / "config.json", real_images_per_shard=1,
+                         num_inference_steps=6)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    process = subprocess.Popen([*dalda_command(), "augment", str(config)], env=env, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while len(list((output / "data").glob("*.parquet"))) < 2:
+        assert process.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished = {path: (path.stat().st_ino, path.stat().st_mtime_ns) for path in (output / "data").glob("*.parquet")}
+    assert 2 <= len(finished) < 6
+
+    result = run_dalda("augment", config)
+    assert result.returncode == 0, result.stderr
+    for path, stamp in finished.items():
+        assert (path.stat().st_ino, path.stat().st_mtime_ns) == stamp, f"{path.name} was regenerated"
+    assert not list(output.rglob("*.tmp"))
+    # The same rows as an uninterrupted run (whose images differ only by its step count), each image whole.
+    resumed = datasets.load_dataset(str(output), split="train")
+    uninterrupted = datasets.load_dataset(str(augmented[0]), split="train")
+    assert_same_rows(resumed, uninterrupted)
+    assert {key: image.shape for key, image in images_by_row(resumed).items()} == {
+        key: image.shape for key, image in images_by_row(uninterrupted).items()}
+
+
+@pytest.mark.skipif(shutil.which("accelerate", path=str(Path(sys.executable).parent)) is None,
+                    reason="accelerate's launcher is not installed beside this Python")
+def test_two_accelerate_processes_equal_one(augmented, tiny_models, pets, tmp_path):
+    output = tmp_path / "two-processes"
+    config = config_file(tiny_models, pets, output, tmp_path / "config.json", real_images_per_shard=1)
+    command = [
+        # `--multi_gpu` is accelerate's multi-process launcher (torchrun); with no GPU the processes run on the CPU.
+        str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "-m", "pipeline_dalda.cli", "augment", str(config),
+    ]
+    result = subprocess.run(command, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    writers = {json.loads(path.read_text())["process"] for path in (output / ".dalda" / "reports").glob("*.json")}
+    assert writers == {0, 1}
+    assert_same_dataset(
+        datasets.load_dataset(str(augmented[0]), split="train"), datasets.load_dataset(str(output), split="train")
+    )
+
+
+def test_demo_runs_end_to_end_quickly(tmp_path):
+    start = time.monotonic()
+    result = run_dalda("demo", "--output_dir", tmp_path / "demo")
+    elapsed = time.monotonic() - start
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert elapsed < 120
+    dataset = datasets.load_dataset(str(tmp_path / "demo" / "dataset"), split="train")
+    assert len(dataset) == 3 * 2 * (1 + 3)
+    assert PIL.Image.open(tmp_path / "demo" / "dataset" / "contact_sheet.png").size[0] > 4 * 128
+    assert "untrained" in result.stdout and "dalda augment --dataset" in result.stdout
+
+
+def encoded(image, format, **save):
+    buffer = io.BytesIO()
+    image.save(buffer, format=format, **save)
+    return buffer.getvalue()
+
+
+def test_bad_inputs_are_skipped_and_reported(tiny_models, tmp_path):
+    names = ["a/b", "..", 'say "hi"', "naïve café"]
+    base = random_images(1, seed=50, size=(40, 30))[0]
+    exif = PIL.Image.Exif()
+    exif[0x0112] = 6  # rotate 90° on display
+    sixteen_bit = PIL.Image.fromarray((np.asarray(base.convert("L"), dtype=np.uint16) * 257))
+    good_jpeg = encoded(base, "JPEG")
+    cases = [  # (image bytes, label)
+        (good_jpeg[: len(good_jpeg) // 2], 0),  # truncated
+        (b"this is not an image", 0),  # corrupt
+        (encoded(base.convert("L"), "PNG"), 0),
+        (encoded(base.convert("RGBA"), "PNG"), 0),
+        (encoded(base.convert("CMYK"), "JPEG"), 1),
+        (encoded(sixteen_bit, "PNG"), 1),
+        (encoded(base.convert("P"), "PNG"), 1),
+        (encoded(base, "JPEG", exif=exif), 2),  # EXIF-rotated
+        (encoded(base.resize((1, 1)), "PNG"), 2),
+        (encoded(base.resize((6000, 4000)), "JPEG"), 3),
+        (encoded(base, "PNG"), 3),
+        (encoded(base, "PNG"), -1),  # no label
+        (encoded(base, "PNG"), 99),  # a label outside the names
+    ]
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")})
+    table = {"image": [{"bytes": data, "path": None} for data, _ in cases], "label": [label for _, label in cases]}
+    datasets.Dataset.from_dict(table, features=features).to_parquet(tmp_path / "source" / "data" / "train.parquet")
+    (tmp_path / "classes.json").write_text(json.dumps(names))
+    generate_prompt_bank(PromptArguments(output=str(tmp_path / "bank.json"), num_prompts=1), names)
+    before = {path for path in tmp_path.rglob("*") if "out" not in path.parts}
+
+    source = SourceArguments(dataset=str(tmp_path / "source"), class_names_file=str(tmp_path / "classes.json"),
+                             num_shots=4, allow_fewer_shots=True)
+    args = AugmentArguments(output_dir=str(tmp_path / "out"), prompt_bank=str(tmp_path / "bank.json"), num_prompts=1,
+                            num_inference_steps=1, batch_size=4)
+    summary = augment_dataset(source, args, model_args(tiny_models), AdaptiveGuidanceScaling())
+
+    assert summary["skipped_real_images"] == 2 and summary["rows_without_a_known_label"] == 2
+    dataset = datasets.load_dataset(str(tmp_path / "out"), split="train")
+    assert dataset.features["label"].names == names
+    assert len(dataset) == (11 - 2) * 2
+    sizes = {(row["source_index"], row["is_synthetic"]): row["image"].size for row in dataset}
+    assert sizes[(7, True)] == (30, 40)  # upright, like the EXIF-rotated real image
+    assert sizes[(8, True)] == (1, 1) and sizes[(9, True)] == (6000, 4000)
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "| 0 | cannot decode the image" in card and "| 1 | cannot decode the image" in card
+    assert "2 source rows have a label outside the class names" in card
+    assert {path for path in tmp_path.rglob("*") if "out" not in path.parts} == before
+
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    with pytest.raises(ValueError, match="class list is empty"):
+        augment_dataset(
+            SourceArguments(dataset=str(tmp_path / "source"), class_names_file=str(empty)), args,
+            model_args(tiny_models), AdaptiveGuidanceScaling(),
+        )
