@@ -23,7 +23,7 @@ from accelerate import PartialState
 from tqdm.auto import tqdm
 
 from pipeline_dalda import DEFAULT_NEGATIVE_PROMPT, DEFAULT_PROMPT_PREFIX, AdaptiveGuidanceScaling, DALDAPipeline
-from pipeline_dalda.atomic import write_json_atomically
+from pipeline_dalda.atomic import remove_stale_temporaries, write_json_atomically
 from pipeline_dalda.loading import ModelArguments, load_dalda_pipeline
 from pipeline_dalda.pipeline import CLASS_PROMPT_TEMPLATE, item_ip_adapter_scales
 from pipeline_dalda.prompts import PromptBank
@@ -264,8 +264,10 @@ def augment_dataset(
     output_dir = Path(args.output_dir)
     settings = run_settings(source_args, args, model_args, ags)
     settings_file = output_dir / WORK_DIR / "run.json"
-    if state.is_main_process and not settings_file.exists():
-        write_json_atomically(settings_file, settings)
+    if state.is_main_process:
+        remove_stale_temporaries(output_dir / WORK_DIR / "tmp")
+        if not settings_file.exists():
+            write_json_atomically(settings_file, settings)
     state.wait_for_everyone()
     recorded = json.loads(settings_file.read_text(encoding="utf-8"))
     if recorded != settings:

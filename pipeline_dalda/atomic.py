@@ -30,6 +30,13 @@ def atomic_output(path: str | os.PathLike, temp_dir: str | os.PathLike | None = 
         Path(temporary).unlink(missing_ok=True)
 
 
+def remove_stale_temporaries(directory: str | os.PathLike, target_name: str = "*") -> None:
+    """Deletes the temporary files that a killed writer of `target_name` (default: any file) left in `directory`;
+    they were never complete."""
+    for temporary in Path(directory).glob(f".{target_name}.*.tmp"):
+        temporary.unlink(missing_ok=True)
+
+
 def write_json_atomically(path: str | os.PathLike, payload: Any) -> None:
     """Writes `payload` as UTF-8 JSON to `path` atomically."""
     with atomic_output(path) as temporary:

@@ -10,6 +10,7 @@ from typing import Protocol, Sequence
 
 from tqdm.auto import tqdm
 
+from ..atomic import remove_stale_temporaries
 from .bank import ChunkCheckpoints, PromptBank
 from .llm import ChunkResult, LLMSettings, OpenAIPromptWriter, PromptRequestError
 from .matching import ClassNameMatcher
@@ -162,6 +163,8 @@ def generate_prompt_bank(
         raise ValueError(f"{str(output)!r} exists and was made with other settings; choose another output.")
 
     checkpoints = ChunkCheckpoints(output.with_name(output.name + ".chunks"), settings)
+    remove_stale_temporaries(output.parent, output.name)
+    remove_stale_temporaries(checkpoints.directory)
     finished = checkpoints.open()
     done = {name for record in finished for name in record["classes"]}
     todo = [name for name in class_names if name not in done]
