@@ -307,5 +307,11 @@ def augment_dataset(
         return None
     summary = finalize_output(output_dir, real, selected, settings, args.contact_sheet_rows, len(shards))
     if args.push_to_hub:
-        logger.info("Pushed to %s", push_to_hub(output_dir, args.push_to_hub, private=args.private))
+        try:
+            logger.info("Pushed to %s", push_to_hub(output_dir, args.push_to_hub, private=args.private))
+        except Exception as error:
+            raise ValueError(
+                f"Uploading to {args.push_to_hub!r} failed ({type(error).__name__}: {error}). The dataset is complete "
+                f"in {str(output_dir)!r}; run the same command again to retry the upload."
+            ) from error
     return summary

@@ -23,6 +23,7 @@ from pipeline_dalda.prompts import PromptArguments, generate_prompt_bank
 from pipeline_dalda.testing import IP_ADAPTER_WEIGHT_NAME
 
 from .conftest import random_images
+from .hub_server import HubServer
 from .test_cli import dalda_command, run_dalda
 
 
@@ -300,3 +301,21 @@ def test_bad_inputs_are_skipped_and_reported(tiny_models, tmp_path):
             SourceArguments(dataset=str(tmp_path / "source"), class_names_file=str(empty)), args,
             model_args(tiny_models), AdaptiveGuidanceScaling(),
         )
+
+
+def test_push_to_hub_uploads_the_folder_without_bookkeeping(augmented, tiny_models, pets, tmp_path):
+    output, _ = augmented
+    config = config_file(tiny_models, pets, output, tmp_path / "config.json", push_to_hub="org/pets-dalda",
+                         private=True)
+    with HubServer() as hub:
+        env = {**os.environ, "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": hub.url, "HF_TOKEN": SECRET_TOKEN}
+        result = subprocess.run([*dalda_command(), "augment", str(config)], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert hub.created == [{"name": "pets-dalda", "organization": "org", "visibility": "private", "type": "dataset"}]
+    assert hub.authorizations == {f"Bearer {SECRET_TOKEN}"}
+    local = {str(path.relative_to(output)) for path in output.rglob("*") if path.is_file() and ".dalda" not in path.parts}
+    assert set(hub.committed) == local and "README.md" in local and "contact_sheet.png" in local
+    for name, content in hub.committed.items():
+        assert content == (output / name).read_bytes()
+        assert SECRET_TOKEN.encode() not in content
+    assert SECRET_TOKEN not in result.stdout + result.stderr
