@@ -7,6 +7,7 @@ draws its λ and its seed from (run seed, source index, prompt index) only, so t
 size, the order, a resume or the number of processes.
 """
 
+import hashlib
 import json
 import logging
 from contextlib import contextmanager
@@ -241,6 +242,8 @@ def run_settings(
     generation = asdict(args)
     for name in ("output_dir", "batch_size", "contact_sheet_rows", "push_to_hub", "private"):
         generation.pop(name)
+    if args.prompt_bank:
+        generation["prompt_bank_sha256"] = hashlib.sha256(Path(args.prompt_bank).read_bytes()).hexdigest()
     models = asdict(model_args)
     for name in ("device", "dtype"):
         models.pop(name)
