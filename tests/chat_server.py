@@ -7,6 +7,7 @@ every request it received.
 
 import json
 import re
+import socket
 import threading
 import time
 from collections import deque
@@ -31,6 +32,8 @@ class Reply:
     content: str | None = None  # the assistant message; None means a good answer
     alter: Callable[[dict[str, list[str]]], dict[str, Any]] | None = None  # edits the good answer
     body: str | None = None  # a raw error body for non-200 replies
+    delay: float = 0.0  # seconds before answering (longer than the client's time-out: a time-out)
+    drop: bool = False  # close the connection without answering (a connection reset)
 
 
 class ChatServer:
@@ -69,8 +72,10 @@ class ChatServer:
             number = len(self.requests)
             self.requests.append({"body": body, "headers": headers, "time": time.monotonic()})
             fault = self.faults.popleft() if self.faults else Reply()
-        if self.delay:
-            time.sleep(self.delay)
+        if self.delay or fault.delay:
+            time.sleep(self.delay + fault.delay)
+        if fault.drop:
+            return 0, {}, ""
         if self.reject_json_mode and "response_format" in body:
             return 400, {}, json.dumps({"error": {"message": "response_format is not supported", "type": "invalid"}})
         if fault.status != 200:
@@ -97,6 +102,10 @@ class ChatServer:
                 length = int(self.headers.get("content-length", 0))
                 body = json.loads(self.rfile.read(length))
                 status, headers, payload = server._reply(body, {k.lower(): v for k, v in self.headers.items()})
+                if status == 0:
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
                 data = payload.encode()
                 self.send_response(status)
                 self.send_header("content-type", "application/json")

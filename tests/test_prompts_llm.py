@@ -97,6 +97,15 @@ def test_server_error_then_recovery(tmp_path):
     assert len(server.requests) == 3
 
 
+def test_connection_reset_and_time_out_then_recovery(tmp_path, caplog):
+    with ChatServer() as server:
+        server.faults.extend([Reply(drop=True), Reply(delay=1.5)])
+        bank = run(server, tmp_path, classes=CLASSES[:3], llm=settings(server, request_timeout=0.5))
+    assert_valid_bank(bank, CLASSES[:3])
+    assert len(server.requests) == 3
+    assert "failed (APIConnectionError)" in caplog.text and "failed (APITimeoutError)" in caplog.text
+
+
 def test_missing_class_is_asked_again_alone(tmp_path):
     def drop_class_b(answer):
         return {name: sentences for name, sentences in answer.items() if name != "class_b"}
