@@ -168,7 +168,7 @@ class OpenAIPromptWriter:
             answer = self._complete(instructions(self.description, self.class_names, wanted, feedback), result)
             feedback = self._accept(answer, wanted, accepted)
             for problem in feedback:
-                logger.info("Re-asking: %s", problem)
+                logger.info("Problem with an answer: %s", problem)
 
         for name, found in accepted.items():
             missing = self.num_prompts - len(found)
