@@ -12,8 +12,10 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Callable
+
+from .loopback import LoopbackServer, send_json
 
 
 WANTED_LINE = re.compile(r"with this shape and these counts: (\{.*\})$", re.MULTILINE)
@@ -36,27 +38,18 @@ class Reply:
     drop: bool = False  # close the connection without answering (a connection reset)
 
 
-class ChatServer:
+class ChatServer(LoopbackServer):
     def __init__(self, delay: float = 0.0, reject_json_mode: bool = False):
+        super().__init__(self._handler())
         self.delay = delay
         self.reject_json_mode = reject_json_mode
         self.requests: list[dict[str, Any]] = []
         self.faults: deque[Reply] = deque()
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
-
-    def __enter__(self) -> "ChatServer":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        return f"{self.address}/v1"
 
     def asked_classes(self) -> list[list[str]]:
         return [list(wanted_counts(request["body"])) for request in self.requests]
@@ -106,17 +99,7 @@ class ChatServer:
                     self.close_connection = True
                     self.connection.shutdown(socket.SHUT_RDWR)
                     return
-                data = payload.encode()
-                try:
-                    self.send_response(status)
-                    self.send_header("content-type", "application/json")
-                    self.send_header("content-length", str(len(data)))
-                    for name, value in headers.items():
-                        self.send_header(name, value)
-                    self.end_headers()
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up waiting (a time-out test)
+                send_json(self, status, payload, headers)
 
             def log_message(self, *args):
                 pass

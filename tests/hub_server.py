@@ -3,29 +3,21 @@ what it was sent: the repo created, the README validated, and every file committ
 
 import base64
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from .loopback import LoopbackServer, send_json
 
 
-class HubServer:
+class HubServer(LoopbackServer):
     def __init__(self):
+        super().__init__(self._handler())
         self.created: list[dict] = []
         self.committed: dict[str, bytes] = {}
         self.authorizations: set[str] = set()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    def __enter__(self) -> "HubServer":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        return self.address
 
     def _answer(self, method: str, path: str, body: bytes) -> tuple[int, dict]:
         if method == "POST" and path == "/api/repos/create":
@@ -54,12 +46,7 @@ class HubServer:
                 if self.headers.get("authorization"):
                     hub.authorizations.add(self.headers["authorization"])
                 status, payload = hub._answer(method, self.path, body)
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send_json(self, status, payload)
 
             def do_POST(self):
                 self._reply("POST")
