@@ -1,6 +1,5 @@
 """The end of a run: read back every shard, summarise it, draw the contact sheet and write the dataset card."""
 
-import hashlib
 import io
 import json
 import logging
@@ -98,7 +97,7 @@ def finalize_output(
         bank_path = settings["generation"]["prompt_bank"]
         bank_metadata = {
             **PromptBank.load(bank_path).metadata.get("settings", {}),
-            "file_sha256": hashlib.sha256(Path(bank_path).read_bytes()).hexdigest(),
+            "file_sha256": settings["generation"]["prompt_bank_sha256"],
         }
     header = {
         "pretty_name": f"DALDA-augmented {settings['source']['dataset']}",

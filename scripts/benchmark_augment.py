@@ -18,7 +18,7 @@ import PIL.Image
 import torch
 from tqdm.auto import tqdm
 
-from dataset_builders.augment import AugmentArguments, DatasetAugmenter, class_prompts
+from dataset_builders.augment import AugmentArguments, DatasetAugmenter, class_prompts, score_real_images
 from dataset_builders.source import SourceArguments, decode_real_image, load_real_images
 from pipeline_dalda import AdaptiveGuidanceScaling
 from pipeline_dalda.loading import ModelArguments, load_dalda_pipeline
@@ -70,11 +70,7 @@ def main():
         real = load_real_images(source)
         prompts = class_prompts(augment, real.class_names)
         rows = real.dataset.add_column("source_index", list(range(len(real.dataset))))[:]
-        scorer = pipe.clip_scorer()
-        clip_scores = {
-            index: scorer([decode_real_image(value)], [real.labels[index]], names).item()
-            for index, value in enumerate(rows["image"])
-        }
+        clip_scores = score_real_images(pipe, real, list(range(len(images))), source, augment)
         total = len(images) * args.prompts
         ags = AdaptiveGuidanceScaling()
 
