@@ -5,22 +5,26 @@ rows into real + synthetic rows, and is written as one parquet file the moment i
 shards that exist, and `accelerate launch` shares the missing shards out between processes. Every synthetic image
 draws its λ and its seed from (run seed, source index, prompt index) only, so the result does not depend on the batch
 size, the order, a resume or the number of processes.
+
+`method="real_guidance"` makes the paper's first baseline, Real Guidance, in the same rows and layout: the two methods
+differ only in how a batch of synthetic images is generated ([`DALDAGeneration`], [`RealGuidanceGeneration`]).
 """
 
 import hashlib
 import json
 import logging
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal, Protocol
 
 import datasets
 import numpy as np
 import PIL.Image
 import torch
 from accelerate import PartialState
+from diffusers import StableDiffusionImg2ImgPipeline
 from tqdm.auto import tqdm
 
 from pipeline_dalda import DEFAULT_NEGATIVE_PROMPT, DEFAULT_PROMPT_PREFIX, AdaptiveGuidanceScaling, DALDAPipeline
@@ -39,35 +43,93 @@ logger = logging.getLogger(__name__)
 
 _IMAGE_SEED_STREAM, _SCALE_STREAM = 1, 2  # keep the two random streams of a run apart
 
+METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
+    # The paper's generation settings (DESIGN §2, Table 4).
+    "dalda": {
+        "num_inference_steps": 30, "prompt_prefix": DEFAULT_PROMPT_PREFIX, "negative_prompt": DEFAULT_NEGATIVE_PROMPT
+    },
+    # DA-Fusion's Real Guidance, which the paper ran as its baseline, calls diffusers' img2img with its default 50
+    # steps (25 run at strength 0.5), no prompt prefix and no negative prompt.
+    "real_guidance": {"num_inference_steps": 50, "prompt_prefix": "", "negative_prompt": ""},
+}
+"""The settings each `method` uses where `AugmentArguments` leaves them `None`."""
+
 
 @dataclass
 class AugmentArguments:
     """How `dalda augment` builds the augmented dataset."""
 
     output_dir: str = field(metadata={"help": "The dataset folder to write (Hub layout)."})
+    method: Literal["dalda", "real_guidance"] = field(
+        default="dalda",
+        metadata={
+            "help": "'dalda': prompts + IP-Adapter with the real image + AGS. 'real_guidance': the paper's baseline "
+            "(DA-Fusion's Real Guidance), Stable Diffusion img2img from the real image with the prompt "
+            "'a photo of a {class}'; it takes no prompt bank and loads no IP-Adapter."
+        },
+    )
     prompt_bank: str | None = field(default=None, metadata={"help": "A prompt bank from `dalda prompts`."})
     base_prompt: bool = field(
         default=False, metadata={"help": "Use 'a photo of a {class}' instead of a prompt bank (ablation)."}
+    )
+    real_guidance_strength: float = field(
+        default=0.5,
+        metadata={
+            "help": "img2img strength of `real_guidance`, in (0, 1]: how far the real image is noised before "
+            "denoising; int(num_inference_steps · strength) steps run."
+        },
     )
     num_prompts: int = field(default=10, metadata={"help": "Synthetic images per real image (M)."})
     seed: int = field(default=0, metadata={"help": "Seeds the few-shot selection, λ and every image."})
     batch_size: int = field(default=8, metadata={"help": "Synthetic images denoised together in one pass."})
     real_images_per_shard: int = field(default=4, metadata={"help": "Real images per parquet shard (resume unit)."})
-    num_inference_steps: int = 30
-    guidance_scale: float = 7.5
-    prompt_prefix: str = DEFAULT_PROMPT_PREFIX
-    negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
+    num_inference_steps: int | None = field(
+        default=None,
+        metadata={"help": "DDIM steps; default 30 for dalda (the paper), 50 for real_guidance (DA-Fusion)."},
+    )
+    guidance_scale: float = field(default=7.5, metadata={"help": "Classifier-free guidance scale."})
+    prompt_prefix: str | None = field(
+        default=None,
+        metadata={"help": f"Put before every prompt; {DEFAULT_PROMPT_PREFIX!r} for dalda, '' for real_guidance."},
+    )
+    negative_prompt: str | None = field(
+        default=None,
+        metadata={"help": f"Default {DEFAULT_NEGATIVE_PROMPT!r} for dalda, '' (none) for real_guidance."},
+    )
     clip_score_mode: str = field(default="probability", metadata={"help": "'probability' or 'cosine'."})
     contact_sheet_rows: int = field(default=8, metadata={"help": "Real images shown in contact_sheet.png."})
     push_to_hub: str | None = field(default=None, metadata={"help": "ORG/NAME of a Hub dataset repo to upload to."})
     private: bool = field(default=False, metadata={"help": "Create the Hub repo as private."})
 
     def __post_init__(self):
-        if (self.prompt_bank is None) == (not self.base_prompt):
-            raise ValueError("Give exactly one of `prompt_bank` and `base_prompt`.")
+        if self.method not in METHOD_DEFAULTS:
+            raise ValueError(f"`method` must be one of {sorted(METHOD_DEFAULTS)}, got {self.method!r}.")
+        for name, value in METHOD_DEFAULTS[self.method].items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
         for name in ("num_prompts", "batch_size", "real_images_per_shard", "num_inference_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}.")
+        if self.method == "real_guidance":
+            self._check_real_guidance()
+        elif (self.prompt_bank is None) == (not self.base_prompt):
+            raise ValueError("Give exactly one of `prompt_bank` and `base_prompt`.")
+
+    def _check_real_guidance(self) -> None:
+        """Real Guidance always prompts 'a photo of a {class}': a prompt bank given with it would go unused while
+        the run's record named it, so it is refused rather than ignored."""
+        if self.prompt_bank is not None or self.base_prompt:
+            raise ValueError(
+                "`method='real_guidance'` always uses the prompt 'a photo of a {class}'; give neither `prompt_bank` "
+                "nor `base_prompt` (or use `method='dalda'`)."
+            )
+        if not 0 < self.real_guidance_strength <= 1:
+            raise ValueError(f"`real_guidance_strength` must be in (0, 1], got {self.real_guidance_strength}.")
+        if int(self.num_inference_steps * self.real_guidance_strength) < 1:
+            raise ValueError(
+                f"img2img runs int(num_inference_steps · real_guidance_strength) = int({self.num_inference_steps} · "
+                f"{self.real_guidance_strength}) = 0 denoising steps; raise either."
+            )
 
 
 def image_seed(run_seed: int, source_index: int, prompt_index: int) -> int:
@@ -81,8 +143,8 @@ def scale_generator(run_seed: int, source_index: int) -> np.random.Generator:
 
 
 def class_prompts(args: AugmentArguments, class_names: list[str]) -> dict[str, list[str]]:
-    """M prompts per class, from the bank or the base prompt."""
-    if args.base_prompt:
+    """M prompts per class: from the bank, or "a photo of a {class}" (`base_prompt`, and always for Real Guidance)."""
+    if args.base_prompt or args.method == "real_guidance":
         return {name: [CLASS_PROMPT_TEMPLATE.format(display_name(name))] * args.num_prompts for name in class_names}
     bank = PromptBank.load(args.prompt_bank)
     short = {name: len(bank.prompts.get(name, [])) for name in class_names}
@@ -107,6 +169,110 @@ def _datasets_progress_bars_hidden() -> Iterator[None]:
             datasets.enable_progress_bars()
 
 
+@dataclass(frozen=True)
+class SyntheticItem:
+    """One synthetic image to generate."""
+
+    real_index: int
+    """Its real image's position in the batch of real images."""
+    prompt: str
+    scale: float | None
+    """Its IP-Adapter weight λ; None where the method has no image prompt."""
+    seed: int
+    """The seed of its initial noise, from [`image_seed`]."""
+
+
+def item_generators(items: list[SyntheticItem]) -> list[torch.Generator]:
+    """One generator per item, so that an item's image does not depend on the others in its batch."""
+    return [torch.Generator().manual_seed(item.seed) for item in items]
+
+
+class Generation(Protocol):
+    """How a method turns real images and [`SyntheticItem`]s into synthetic images."""
+
+    def scales(self, source_index: int, clip_score: float | None) -> list[float | None]:
+        """The λ of each of one real image's M synthetic images."""
+
+    def prepare(self, images: list[PIL.Image.Image]) -> Any:
+        """What the method needs from a batch of real images (at the generation size), once for all their items."""
+
+    def __call__(self, prepared: Any, items: list[SyntheticItem]) -> list[PIL.Image.Image]:
+        """One synthetic image per item, at the generation size."""
+
+
+class DALDAGeneration:
+    """DALDA: each item's prompt with its real image as the IP-Adapter image prompt, at a λ drawn by AGS."""
+
+    def __init__(self, pipe: DALDAPipeline, args: AugmentArguments, ags: AdaptiveGuidanceScaling, num_shots: int):
+        self.pipe, self.args, self.ags, self.num_shots = pipe, args, ags, num_shots
+
+    def scales(self, source_index: int, clip_score: float | None) -> list[float | None]:
+        """λ's from AGS and the real image's CLIPScore, drawn from the real image's own random stream."""
+        scores = None if clip_score is None else np.full(self.args.num_prompts, clip_score)
+        generator = scale_generator(self.args.seed, source_index)
+        scales = item_ip_adapter_scales(self.args.num_prompts, None, scores, self.ags, self.num_shots, generator)
+        return [float(scale) for scale in scales]
+
+    def prepare(self, images: list[PIL.Image.Image]) -> list[torch.Tensor]:
+        """The real images' IP-Adapter embeddings, encoded once for all their synthetic images."""
+        return self.pipe.encode_ip_adapter_images(images)
+
+    def __call__(self, prepared: list[torch.Tensor], items: list[SyntheticItem]) -> list[PIL.Image.Image]:
+        rows = torch.tensor([item.real_index for item in items])
+        return self.pipe(
+            [item.prompt for item in items],
+            ip_adapter_image_embeds=[embeds[rows.to(embeds.device)] for embeds in prepared],
+            ip_adapter_scale=[item.scale for item in items],
+            prompt_prefix=self.args.prompt_prefix,
+            negative_prompt=self.args.negative_prompt,
+            num_inference_steps=self.args.num_inference_steps,
+            guidance_scale=self.args.guidance_scale,
+            generator=item_generators(items),
+        ).images
+
+
+class RealGuidanceGeneration:
+    """Real Guidance, the paper's baseline from DA-Fusion (Trabucco et al., 2023): Stable Diffusion img2img from the
+    real image, noised to `real_guidance_strength`, with the item's prompt; no image prompt, so no λ.
+
+    The img2img pipeline shares the loaded pipeline's modules, which must carry no IP-Adapter (see
+    [`load_dalda_pipeline`]). It is built with its constructor rather than `from_pipe`, which casts the shared modules
+    to its `dtype` argument (float32 unless given, and spelled differently across diffusers versions).
+    """
+
+    def __init__(self, pipe: DALDAPipeline, args: AugmentArguments):
+        self.args = args
+        self.img2img = StableDiffusionImg2ImgPipeline(
+            vae=pipe.vae,
+            text_encoder=pipe.text_encoder,
+            tokenizer=pipe.tokenizer,
+            unet=pipe.unet,
+            scheduler=pipe.scheduler,
+            safety_checker=pipe.safety_checker,
+            feature_extractor=pipe.feature_extractor,
+            requires_safety_checker=pipe.config.requires_safety_checker,
+        )
+        self.img2img.set_progress_bar_config(disable=True)  # the run's own bar counts images
+
+    def scales(self, source_index: int, clip_score: float | None) -> list[float | None]:
+        return [None] * self.args.num_prompts
+
+    def prepare(self, images: list[PIL.Image.Image]) -> list[PIL.Image.Image]:
+        """The real images themselves: img2img starts from them."""
+        return images
+
+    def __call__(self, prepared: list[PIL.Image.Image], items: list[SyntheticItem]) -> list[PIL.Image.Image]:
+        return self.img2img(
+            prompt=[self.args.prompt_prefix + item.prompt for item in items],
+            image=[prepared[item.real_index] for item in items],
+            strength=self.args.real_guidance_strength,
+            num_inference_steps=self.args.num_inference_steps,
+            guidance_scale=self.args.guidance_scale,
+            negative_prompt=[self.args.negative_prompt] * len(items),
+            generator=item_generators(items),
+        ).images
+
+
 class DatasetAugmenter:
     """Builds one shard after another on the pipeline it is given; see the module docstring."""
 
@@ -122,11 +288,16 @@ class DatasetAugmenter:
         progress: tqdm,
         process_index: int = 0,
     ):
-        self.pipe, self.real, self.prompts, self.progress = pipe, real, prompts, progress
+        self.real, self.prompts, self.progress = real, prompts, progress
         self.clip_scores, self.process_index = clip_scores, process_index
-        self.source_args, self.args, self.ags = source_args, args, ags
+        self.source_args, self.args = source_args, args
         self.features = output_features(real.class_names)
         self.generation_size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+        self.generation: Generation = (
+            RealGuidanceGeneration(pipe, args)
+            if args.method == "real_guidance"
+            else DALDAGeneration(pipe, args, ags, source_args.num_shots)
+        )
 
     def build_shard(self, index: int, count: int, source_indices: list[int]) -> None:
         """Generates a shard's rows with `datasets.map` and writes them; its report is saved first, so a shard's
@@ -162,55 +333,42 @@ class DatasetAugmenter:
             return out
 
         labels = [self.real.labels[source_index] for source_index, _, _ in reals]
-        images = [image for _, _, image in reals]
         scores = [self.clip_scores[source_index] for source_index, _, _ in reals]
-        embeds = self.pipe.encode_ip_adapter_images(
-            [image.resize((self.generation_size,) * 2, PIL.Image.BILINEAR) for image in images]
+        prepared = self.generation.prepare(
+            [image.resize((self.generation_size,) * 2, PIL.Image.BILINEAR) for _, _, image in reals]
         )
 
-        items = []  # (real, prompt index, λ, seed) for every synthetic image of the batch
-        for real_index, ((source_index, value, image), label, score) in enumerate(zip(reals, labels, scores)):
-            self._add_row(out, value, label, False, source_index, None, None, score, None)
-            scales = item_ip_adapter_scales(
-                self.args.num_prompts,
-                None,
-                None if score is None else np.full(self.args.num_prompts, score),
-                self.ags,
-                self.source_args.num_shots,
-                scale_generator(self.args.seed, source_index),
+        items = []  # every synthetic image of the batch
+        for real_index, ((source_index, value, _), label, score) in enumerate(zip(reals, labels, scores)):
+            self._add_row(
+                out, image=value, label=label, is_synthetic=False, source_index=source_index, prompt=None,
+                ip_adapter_scale=None, clip_score=score, seed=None,
             )
-            for prompt_index, scale in enumerate(scales):
-                items.append((real_index, prompt_index, float(scale), image_seed(self.args.seed, source_index, prompt_index)))
+            prompts = self.prompts[self.real.class_names[label]]
+            for prompt_index, scale in enumerate(self.generation.scales(source_index, score)):
+                seed = image_seed(self.args.seed, source_index, prompt_index)
+                items.append(SyntheticItem(real_index, prompts[prompt_index], scale, seed))
 
         for start in range(0, len(items), self.args.batch_size):
             batch_items = items[start : start + self.args.batch_size]
-            rows = torch.tensor([real_index for real_index, _, _, _ in batch_items])
-            class_names = [self.real.class_names[labels[real_index]] for real_index, _, _, _ in batch_items]
-            prompts = [self.prompts[name][prompt_index] for name, (_, prompt_index, _, _) in zip(class_names, batch_items)]
-            output = self.pipe(
-                prompts,
-                ip_adapter_image_embeds=[embed[rows.to(embed.device)] for embed in embeds],
-                ip_adapter_scale=[scale for _, _, scale, _ in batch_items],
-                prompt_prefix=self.args.prompt_prefix,
-                negative_prompt=self.args.negative_prompt,
-                num_inference_steps=self.args.num_inference_steps,
-                guidance_scale=self.args.guidance_scale,
-                generator=[torch.Generator().manual_seed(seed) for _, _, _, seed in batch_items],
-            )
-            for generated, prompt, (real_index, _, scale, seed) in zip(output.images, prompts, batch_items):
-                source_index, _, image = reals[real_index]
-                synthetic = generated.resize(image.size, PIL.Image.BILINEAR)
-                self._add_row(out, synthetic, labels[real_index], True, source_index, prompt, scale, scores[real_index], seed)
+            for generated, item in zip(self.generation(prepared, batch_items), batch_items):
+                source_index, _, image = reals[item.real_index]
+                self._add_row(
+                    out, image=generated.resize(image.size, PIL.Image.BILINEAR), label=labels[item.real_index],
+                    is_synthetic=True, source_index=source_index, prompt=item.prompt, ip_adapter_scale=item.scale,
+                    clip_score=scores[item.real_index], seed=item.seed,
+                )
             self.progress.update(len(batch_items))
         return out
 
     @staticmethod
-    def _add_row(out, image, label, is_synthetic, source_index, prompt, scale, score, seed) -> None:
+    def _add_row(out: dict[str, list], **row: Any) -> None:
+        """Appends one row, given by column name; a real image stored as a file path is embedded as its bytes."""
+        image = row["image"]
         if isinstance(image, dict) and image.get("bytes") is None:
-            image = {"bytes": Path(image["path"]).read_bytes(), "path": None}
-        values = (image, label, is_synthetic, source_index, prompt, scale, score, seed)
-        for name, value in zip(out, values):
-            out[name].append(value)
+            row["image"] = {"bytes": Path(image["path"]).read_bytes(), "path": None}
+        for name, values in out.items():
+            values.append(row[name])
 
 
 def score_real_images(
@@ -235,6 +393,16 @@ def score_real_images(
     return scores
 
 
+def method_models(args: AugmentArguments, model_args: ModelArguments) -> ModelArguments:
+    """The models `args.method` generates with: DALDA needs the IP-Adapter; Real Guidance runs without one, since
+    IP-Adapter attention processors given no image embeddings read text tokens as image tokens."""
+    if args.method == "real_guidance":
+        return replace(model_args, ip_adapter="", ip_adapter_subfolder="", ip_adapter_weight_name="")
+    if not model_args.ip_adapter:
+        raise ValueError("`method='dalda'` generates with an IP-Adapter, but `ip_adapter` is empty; name one.")
+    return model_args
+
+
 def run_settings(
     source_args: SourceArguments, args: AugmentArguments, model_args: ModelArguments, ags: AdaptiveGuidanceScaling
 ) -> dict[str, Any]:
@@ -257,11 +425,17 @@ def augment_dataset(
 
     Returns the run summary on the main process, None on the others.
     """
+    model_args = method_models(args, model_args)
     # On the CPU, accelerate forms a process group only when told it runs on the CPU.
     state = PartialState(cpu=model_args.resolved_device().type == "cpu")
     real = load_real_images(source_args)
     selected = select_few_shot(
-        real.labels, real.class_names, source_args.num_shots, args.seed, source_args.allow_fewer_shots
+        real.labels,
+        real.class_names,
+        source_args.num_shots,
+        args.seed,
+        source_args.allow_fewer_shots,
+        protocol=source_args.shot_selection,
     )
     prompts = class_prompts(args, real.class_names)
     output_dir = Path(args.output_dir)
@@ -299,7 +473,9 @@ def augment_dataset(
         clip_scores = {int(index): score for index, score in json.loads(scores_file.read_text()).items()}
         if mine:
             total = sum(len(shards[index]) for index in mine) * args.num_prompts
-            with tqdm(total=total, desc="synthetic images", unit="img", disable=not state.is_local_main_process) as bar:
+            with tqdm(
+                total=total, desc="synthetic images", unit="img", disable=not state.is_local_main_process
+            ) as bar:
                 augmenter = DatasetAugmenter(
                     pipe, real, prompts, source_args, args, ags, clip_scores, bar, state.process_index
                 )

@@ -1,5 +1,5 @@
 """`dalda demo`: the whole job on a fresh machine with no network — a small drawn dataset, the offline model kit,
-template prompts — ending in a Hub-layout dataset and a contact sheet."""
+template prompts — ending in a Hub-layout dataset, a contact sheet and the evaluation report."""
 
 import logging
 from dataclasses import dataclass, field
@@ -15,6 +15,8 @@ from pipeline_dalda.prompts import PromptArguments, generate_prompt_bank
 from pipeline_dalda.testing import IP_ADAPTER_WEIGHT_NAME, save_tiny_models
 
 from .augment import AugmentArguments, augment_dataset
+from .evaluation.report import report_summary
+from .evaluation.run import EvaluateArguments, evaluate_augmented_dataset
 from .source import SourceArguments
 
 
@@ -27,6 +29,9 @@ DEMO_CLASSES = ("circle", "square", "triangle")
 class DemoArguments:
     output_dir: str = field(default="dalda-demo", metadata={"help": "Where the demo writes everything."})
     images_per_class: int = field(default=2, metadata={"help": "Real images per class (n)."})
+    test_images_per_class: int = field(
+        default=6, metadata={"help": "Further images per class, left unselected: the evaluation's test set."}
+    )
     num_prompts: int = field(default=3, metadata={"help": "Synthetic images per real image (M)."})
 
 
@@ -55,7 +60,7 @@ def run_demo(args: DemoArguments) -> None:
     models = output / "models"
     if not (models / "clip-scorer" / "config.json").exists():
         save_tiny_models(models)
-    source = draw_demo_dataset(output / "source", args.images_per_class)
+    source = draw_demo_dataset(output / "source", args.images_per_class + args.test_images_per_class)
     bank = output / "prompts.json"
     generate_prompt_bank(PromptArguments(output=str(bank), num_prompts=args.num_prompts), list(DEMO_CLASSES))
     model_args = ModelArguments(
@@ -77,11 +82,26 @@ def run_demo(args: DemoArguments) -> None:
         model_args,
         AdaptiveGuidanceScaling(),
     )
+    evaluate_augmented_dataset(
+        EvaluateArguments(
+            dataset=str(output / "dataset"),
+            output_dir=str(output / "evaluation"),
+            backbone=str(models / "clip-scorer"),
+            epochs=5,
+            iterations_per_epoch=20,
+            cache_dir=str(output / "feature-cache"),
+        )
+    )
+    print(report_summary(output / "evaluation"))
     print(
         f"\nThe demo dataset is in {output / 'dataset'} (load it with datasets.load_dataset({str(output / 'dataset')!r}))"
-        f"\nand its contact sheet in {output / 'dataset' / 'contact_sheet.png'}."
-        "\nThe demo's models are tiny and untrained, so its synthetic images are noise. With the real models:"
+        f"\nand its contact sheet in {output / 'dataset' / 'contact_sheet.png'}; the evaluation report is in "
+        f"{output / 'evaluation'}."
+        "\nThe demo's models are tiny and untrained: its synthetic images are noise and its accuracies mean nothing."
+        " With the real models:"
         "\n  dalda prompts --backend openai --model gpt-4-0613 --dataset_description '...' --dataset <dataset> "
         "--output prompts.json"
-        "\n  dalda augment --dataset <dataset> --num_shots 1 --prompt_bank prompts.json --output_dir augmented"
+        "\n  dalda augment --dataset <dataset> --num_shots 1 --shot_selection paper --prompt_bank prompts.json "
+        "--output_dir augmented"
+        "\n  dalda evaluate --dataset augmented --output_dir evaluation"
     )

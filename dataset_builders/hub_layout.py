@@ -2,6 +2,7 @@
 dataset card whose YAML header declares the features and splits, so `datasets.load_dataset(<folder>)` loads it as it
 would from the Hub."""
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -10,11 +11,45 @@ import datasets
 import yaml
 from huggingface_hub import HfApi
 
-from pipeline_dalda.atomic import atomic_output
+from pipeline_dalda.atomic import atomic_output, write_json_atomically
 
 
 WORK_DIR = ".dalda"
 """The run's own bookkeeping inside the output folder (settings, per-shard reports, temporary files); never pushed."""
+
+
+RUN_RECORD = "dalda.json"
+"""How the dataset was made, published with it (source, few-shot selection, generation settings), so that
+`dalda evaluate` can rebuild the test set from a Hub copy. A local path is reduced to `./<its name>`: no path of the
+machine that made it is published, and a reader who has that folder beside them can still point at it."""
+
+
+_PATH_SETTINGS = {
+    "source": ("dataset", "class_names_file"),
+    "generation": ("prompt_bank",),
+    "models": ("pretrained_model_name_or_path", "vae", "ip_adapter", "clip_score_model"),
+}
+"""The settings that name a file, a folder or a Hub id."""
+
+
+def write_run_record(output_dir: str | os.PathLike, settings: dict[str, Any]) -> None:
+    """Writes [`RUN_RECORD`]: the run's settings, each local path among them replaced by `./<its name>`."""
+    public = {section: dict(values) for section, values in settings.items()}
+    for section, names in _PATH_SETTINGS.items():
+        for name in names:
+            value = public.get(section, {}).get(name)
+            if isinstance(value, str) and value and os.path.exists(value):
+                public[section][name] = f"./{Path(value).resolve().name}"
+    write_json_atomically(Path(output_dir, RUN_RECORD), public)
+
+
+def read_run_record(output_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The settings of a local output folder: the full ones from its bookkeeping when it is the folder that made
+    them, else its published [`RUN_RECORD`]; None when it has neither."""
+    for path in (Path(output_dir, WORK_DIR, "run.json"), Path(output_dir, RUN_RECORD)):
+        if path.is_file():
+            return json.loads(path.read_text(encoding="utf-8"))
+    return None
 
 
 def output_features(class_names: list[str]) -> datasets.Features:

@@ -14,13 +14,14 @@ import pyarrow.parquet as pq
 
 from pipeline_dalda.prompts import PromptBank
 
-from .hub_layout import WORK_DIR, output_features, shard_path, write_card
+from .hub_layout import WORK_DIR, output_features, shard_path, write_card, write_run_record
 from .source import RealImages
 
 
 logger = logging.getLogger(__name__)
 
 _STAT_COLUMNS = ["label", "is_synthetic", "source_index", "ip_adapter_scale", "clip_score"]
+_METHOD_NAMES = {"dalda": "DALDA", "real_guidance": "Real-Guidance"}  # as in the card's title, "<name>-augmented"
 
 
 def _stats(values: np.ndarray) -> dict[str, float]:
@@ -32,7 +33,7 @@ def _stats(values: np.ndarray) -> dict[str, float]:
 
 
 def contact_sheet(groups: list[tuple[PIL.Image.Image, str, list[tuple[PIL.Image.Image, str]]]], thumb: int = 128):
-    """One row per real image: the real image (class, CLIPScore), then its synthetic images (λ)."""
+    """One row per real image: the real image (class, CLIPScore), then its synthetic images (λ, if any)."""
     columns = 1 + max(len(synthetic) for _, _, synthetic in groups)
     caption = 18
     sheet = PIL.Image.new("RGB", (columns * (thumb + 4) + 4, len(groups) * (thumb + caption + 4) + 4), "white")
@@ -53,7 +54,8 @@ def _contact_sheet_groups(files: list[Path], class_names: list[str], rows: int) 
             image = PIL.Image.open(io.BytesIO(record["image"]["bytes"]))
             group = groups.setdefault(record["source_index"], [None, "", []])
             if record["is_synthetic"]:
-                group[2].append((image, f"lambda {record['ip_adapter_scale']:.2f}"))
+                scale = record["ip_adapter_scale"]
+                group[2].append((image, f"lambda {scale:.2f}" if scale is not None else ""))
             else:
                 score = record["clip_score"]
                 name = class_names[record["label"]][:10]
@@ -99,22 +101,60 @@ def finalize_output(
             **PromptBank.load(bank_path).metadata.get("settings", {}),
             "file_sha256": settings["generation"]["prompt_bank_sha256"],
         }
+    method = settings["generation"]["method"]
     header = {
-        "pretty_name": f"DALDA-augmented {settings['source']['dataset']}",
+        "pretty_name": f"{_METHOD_NAMES[method]}-augmented {settings['source']['dataset']}",
         "license": "other",
         "task_categories": ["image-classification"],
-        "tags": ["synthetic", "data-augmentation", "dalda", "few-shot"],
+        "tags": ["synthetic", "data-augmentation", "dalda", "few-shot"]
+        + (["real-guidance"] if method == "real_guidance" else []),
     }
     body = _card_body(settings, summary, skipped, unlabeled, real, selected, bank_metadata)
     write_card(output_dir, output_features(real.class_names), summary["rows"], header, body)
+    write_run_record(output_dir, settings)
     logger.info("Summary: %s", json.dumps(summary))
     return summary
+
+
+def _code(text: str) -> str:
+    """`text` as Markdown code, or "none" for an empty string (an empty code span does not render)."""
+    return f"`{text}`" if text else "none"
+
+
+def _method_text(generation: dict[str, Any]) -> str:
+    """The card's account of how the synthetic images were made."""
+    if generation["method"] == "real_guidance":
+        steps, strength = generation["num_inference_steps"], generation["real_guidance_strength"]
+        return (
+            "Real Guidance baseline: SD img2img from the real image, prompt 'a photo of a {class}', strength "
+            f"{strength}, guidance {generation['guidance_scale']}; the real image is noised and denoised for "
+            f"{int(steps * strength)} of {steps} DDIM steps. This is DA-Fusion's Real Guidance (Trabucco et al., "
+            "2023), the first baseline of DALDA (Jung et al., ECCV 2024 workshop SyntheticData4CV, arXiv:2409.16949)."
+        )
+    return (
+        "DALDA (Jung et al., ECCV 2024 workshop SyntheticData4CV, arXiv:2409.16949): Stable Diffusion with "
+        "IP-Adapter, text prompts written per class, and an IP-Adapter weight λ per image drawn by Adaptive Guidance "
+        "Scaling from the real image's CLIPScore."
+    )
+
+
+def _method_rows(generation: dict[str, Any], models: dict[str, Any], ags: dict[str, Any]) -> list[str]:
+    """The settings table's rows for the IP-Adapter and AGS, which only DALDA uses."""
+    if generation["method"] != "dalda":
+        return []
+    return [
+        f"| IP-Adapter | `{models['ip_adapter']}`, "
+        f"`{models['ip_adapter_subfolder']}/{models['ip_adapter_weight_name']}` |",
+        f"| AGS | mode `{ags['mode']}`, α {ags['threshold']}, low [{ags['low_min']}, {ags['low_max']}], high "
+        f"[{ags['high_min']}, {ags['high_max']}], σ "
+        + (f"{ags['sigma']}" if ags["sigma"] is not None else f"{ags['sigma_per_shot']} · n") + " |",
+    ]
 
 
 def _card_body(settings, summary, skipped, unlabeled, real, selected, bank_metadata) -> str:
     source, generation, models, ags = settings["source"], settings["generation"], settings["models"], settings["ags"]
     prompts = (
-        "the base prompt \"a photo of a {class}\"" if generation["base_prompt"]
+        "the base prompt \"a photo of a {class}\"" if generation["base_prompt"] or generation["method"] != "dalda"
         else "a prompt bank: " + ", ".join(f"{key} `{value}`" for key, value in bank_metadata.items() if key in (
             "backend", "model", "base_url_host", "temperature", "top_p", "num_prompts", "seed", "file_sha256"))
     )
@@ -122,12 +162,11 @@ def _card_body(settings, summary, skipped, unlabeled, real, selected, bank_metad
     for index in selected:
         by_class.setdefault(real.class_names[real.labels[index]], []).append(index)
     lines = [
-        f"# DALDA-augmented `{source['dataset']}`",
+        f"# {_METHOD_NAMES[generation['method']]}-augmented `{source['dataset']}`",
         "",
-        f"A few-shot split of `{source['dataset']}` augmented with synthetic images by DALDA (Jung et al., ECCV 2024 "
-        "workshop SyntheticData4CV, arXiv:2409.16949): Stable Diffusion with IP-Adapter, text prompts written per "
-        "class, and an IP-Adapter weight λ per image drawn by Adaptive Guidance Scaling from the real image's "
-        "CLIPScore.",
+        f"A few-shot split of `{source['dataset']}` augmented with synthetic images.",
+        "",
+        _method_text(generation),
         "",
         "```python",
         "from datasets import load_dataset",
@@ -147,13 +186,11 @@ def _card_body(settings, summary, skipped, unlabeled, real, selected, bank_metad
         f"| synthetic images per real image (M) | {generation['num_prompts']} |",
         f"| seed (selection, λ, images) | {generation['seed']} |",
         f"| Stable Diffusion | `{models['pretrained_model_name_or_path']}`, VAE `{models['vae'] or 'its own'}` |",
-        f"| IP-Adapter | `{models['ip_adapter']}`, `{models['ip_adapter_subfolder']}/{models['ip_adapter_weight_name']}` |",
         f"| CLIPScore | `{models['clip_score_model'] or 'none'}`, {generation['clip_score_mode']} |",
-        f"| AGS | mode `{ags['mode']}`, α {ags['threshold']}, low [{ags['low_min']}, {ags['low_max']}], high "
-        f"[{ags['high_min']}, {ags['high_max']}], σ "
-        + (f"{ags['sigma']}" if ags["sigma"] is not None else f"{ags['sigma_per_shot']} · n") + " |",
+        *_method_rows(generation, models, ags),
         f"| sampling | DDIM, {generation['num_inference_steps']} steps, guidance {generation['guidance_scale']} |",
-        f"| prompts | {prompts} |",
+        f"| prompts | {prompts}; prefix {_code(generation['prompt_prefix'])}, negative prompt "
+        f"{_code(generation['negative_prompt'])} |",
         "",
         "## Contents",
         "",

@@ -6,6 +6,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import datasets
 import numpy as np
@@ -92,6 +93,14 @@ class SourceArguments(ClassListArguments):
 
     image_column: str = field(default="image", metadata={"help": "The image column."})
     num_shots: int = field(default=1, metadata={"help": "Real images per class (n)."})
+    shot_selection: Literal["random", "paper"] = field(
+        default="random",
+        metadata={
+            "help": "How the n shots are drawn: 'random' (each class its own stream), or 'paper' (the paper's split "
+            "protocol: the first n of the first half of each class's permutation, so `dalda evaluate` can test on "
+            "the second half)."
+        },
+    )
     allow_fewer_shots: bool = field(
         default=False, metadata={"help": "Take every image of a class that has fewer than n, instead of failing."}
     )
@@ -101,6 +110,8 @@ class SourceArguments(ClassListArguments):
             raise ValueError("`dataset` is required: a Hub dataset id or a local folder.")
         if self.num_shots < 1:
             raise ValueError(f"`num_shots` must be >= 1, got {self.num_shots}.")
+        if self.shot_selection not in ("random", "paper"):
+            raise ValueError(f"`shot_selection` must be 'random' or 'paper', got {self.shot_selection!r}.")
 
 
 @dataclass
@@ -144,26 +155,68 @@ def load_real_images(args: SourceArguments) -> RealImages:
     return RealImages(dataset, class_names, labels)
 
 
-def select_few_shot(
-    labels: list[int | None], class_names: list[str], num_shots: int, seed: int, allow_fewer: bool = False
-) -> list[int]:
-    """`num_shots` source indices per class, drawn reproducibly from `seed`, in class order.
-
-    Each class draws from its own random stream, so a class's selection does not depend on the other classes.
-    """
-    by_class: dict[int, list[int]] = {label: [] for label in range(len(class_names))}
+def rows_by_class(labels: list[int | None], num_classes: int) -> list[list[int]]:
+    """The source rows of each class, in source order; rows without a known label belong to none."""
+    by_class: list[list[int]] = [[] for _ in range(num_classes)]
     for index, label in enumerate(labels):
         if label is not None:
             by_class[label].append(index)
+    return by_class
+
+
+def paper_split_halves(
+    labels: list[int | None], num_classes: int, seed: int
+) -> tuple[list[list[int]], list[list[int]]]:
+    """The paper's split protocol (inherited from DA-Fusion's released code): the two halves of every class.
+
+    One stream `numpy.random.default_rng(seed)` permutes each class's rows in turn, in class order, and
+    `np.array_split(permutation, 2)` cuts each permutation in two. Few-shot training images are the first n rows of
+    the first half; the test set is the whole second half. A class's rows are taken in source order, so a dataset
+    read from files must list them in a fixed (sorted) order for the split to be reproducible.
+
+    Returns:
+        `(first_halves, second_halves)`, each a list over classes of source rows in permutation order.
+    """
+    rng = np.random.default_rng(seed)
+    first_halves, second_halves = [], []
+    for rows in rows_by_class(labels, num_classes):
+        first, second = np.array_split(rng.permutation(len(rows)), 2)
+        first_halves.append([rows[i] for i in first])
+        second_halves.append([rows[i] for i in second])
+    return first_halves, second_halves
+
+
+def select_few_shot(
+    labels: list[int | None],
+    class_names: list[str],
+    num_shots: int,
+    seed: int,
+    allow_fewer: bool = False,
+    protocol: str = "random",
+) -> list[int]:
+    """`num_shots` source indices per class, drawn reproducibly from `seed`, in class order.
+
+    `protocol="random"`: each class draws from its own random stream, so a class's selection does not depend on the
+    other classes. `protocol="paper"`: the first `num_shots` rows of each class's first half in
+    [`paper_split_halves`].
+    """
+    if protocol == "paper":
+        candidates_by_class = paper_split_halves(labels, len(class_names), seed)[0]
+    else:
+        candidates_by_class = rows_by_class(labels, len(class_names))
     selected = []
-    for label, candidates in by_class.items():
+    for label, candidates in enumerate(candidates_by_class):
         if len(candidates) < num_shots and not allow_fewer:
+            where = " in the first half of the paper's split" if protocol == "paper" else ""
             raise ValueError(
-                f"Class {class_names[label]!r} (label {label}) has {len(candidates)} images, fewer than the "
+                f"Class {class_names[label]!r} (label {label}) has {len(candidates)} images{where}, fewer than the "
                 f"{num_shots} shots asked; pass `allow_fewer_shots` to take what there is."
             )
-        rng = np.random.default_rng([seed, label])
-        selected += sorted(rng.permutation(candidates)[:num_shots].tolist())
+        if protocol == "paper":
+            selected += sorted(candidates[:num_shots])
+        else:
+            rng = np.random.default_rng([seed, label])
+            selected += sorted(rng.permutation(candidates)[:num_shots].tolist())
     return selected
 
 

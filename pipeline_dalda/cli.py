@@ -63,6 +63,24 @@ def _augment_command():
     return (ModelArguments, SourceArguments, AugmentArguments, AdaptiveGuidanceScaling), augment
 
 
+def _evaluate_command():
+    from dataset_builders.evaluation.diversity import DiversityArguments
+    from dataset_builders.evaluation.report import report_summary
+    from dataset_builders.evaluation.run import EvaluateArguments, evaluate_augmented_dataset
+
+    def evaluate(args: EvaluateArguments, diversity_args: DiversityArguments) -> None:
+        evaluate_augmented_dataset(args, diversity_args)
+        print(report_summary(args.output_dir))
+
+    return (EvaluateArguments, DiversityArguments), evaluate
+
+
+def _compare_command():
+    from dataset_builders.evaluation.report import CompareArguments, compare_runs
+
+    return (CompareArguments,), lambda args: print(compare_runs(args))
+
+
 def _demo_command():
     from dataset_builders.demo import DemoArguments, run_demo
 
@@ -85,6 +103,14 @@ COMMANDS = {
     "augment": Command(
         "Augment a few-shot dataset with DALDA into a Hub-layout dataset (resumable; runs under accelerate).",
         _augment_command,
+    ),
+    "evaluate": Command(
+        "Train the paper's few-shot classifiers on an augmented dataset, real-only beside it, and report accuracy.",
+        _evaluate_command,
+    ),
+    "compare": Command(
+        "Put several `dalda evaluate` reports side by side (the paper's Table 2 and accuracy vs shots).",
+        _compare_command,
     ),
     "prompts": Command("Write M scene sentences per class (LLM, templates or a file) as a prompt bank.", _prompts_command),
     "generate": Command("Generate images from real images and prompts with DALDAPipeline.", _generate_command),

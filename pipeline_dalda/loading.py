@@ -24,7 +24,10 @@ class ModelArguments:
         default="stabilityai/sd-vae-ft-mse",
         metadata={"help": "A VAE to replace the pipeline's (as DALDA's released code does); '' keeps the pipeline's."},
     )
-    ip_adapter: str = field(default="h94/IP-Adapter", metadata={"help": "The IP-Adapter repository."})
+    ip_adapter: str = field(
+        default="h94/IP-Adapter",
+        metadata={"help": "The IP-Adapter repository; '' loads none (plain Stable Diffusion, e.g. for img2img)."},
+    )
     ip_adapter_subfolder: str = field(default="models", metadata={"help": "Its folder holding the weights."})
     ip_adapter_weight_name: str = field(default="ip-adapter_sd15.bin", metadata={"help": "The weight file."})
     clip_score_model: str = field(
@@ -52,7 +55,12 @@ class ModelArguments:
 
 
 def load_dalda_pipeline(args: ModelArguments) -> DALDAPipeline:
-    """Loads Stable Diffusion with DALDA's DDIM scheduler, the VAE, the CLIP scoring model and the IP-Adapter."""
+    """Loads Stable Diffusion with DALDA's DDIM scheduler, the VAE, the CLIP scoring model and the IP-Adapter.
+
+    With `args.ip_adapter == ""` the UNet keeps its plain attention processors: IP-Adapter processors called without
+    image embeddings would read the last text tokens as image tokens, so pipelines that give no image prompt (such as
+    img2img built from these components) need the pipeline loaded this way.
+    """
     dtype = args.resolved_dtype()
     components = {}
     if args.vae:
@@ -65,5 +73,8 @@ def load_dalda_pipeline(args: ModelArguments) -> DALDAPipeline:
     logger.info("Loading %s", args.pretrained_model_name_or_path)
     pipe = DALDAPipeline.from_pretrained(args.pretrained_model_name_or_path, torch_dtype=dtype, **components)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, **DALDA_SCHEDULER_CONFIG)
-    pipe.load_ip_adapter(args.ip_adapter, subfolder=args.ip_adapter_subfolder, weight_name=args.ip_adapter_weight_name)
+    if args.ip_adapter:
+        pipe.load_ip_adapter(
+            args.ip_adapter, subfolder=args.ip_adapter_subfolder, weight_name=args.ip_adapter_weight_name
+        )
     return pipe.to(args.resolved_device())

@@ -28,6 +28,9 @@ from transformers import (
     CLIPTokenizer,
     CLIPVisionConfig,
     CLIPVisionModelWithProjection,
+    ConvNextImageProcessor,
+    ResNetConfig,
+    ResNetModel,
 )
 
 from .pipeline import DALDA_SCHEDULER_CONFIG
@@ -51,7 +54,10 @@ class TinyModelPaths:
     ip_adapter: Path
     """An `h94/IP-Adapter`-shaped repo: `models/ip-adapter_sd15.safetensors` and `models/image_encoder/`."""
     clip_scorer: Path
-    """A CLIP model and processor folder for CLIPScore."""
+    """A CLIP model and processor folder for CLIPScore; also the CLIP backbone of `dalda evaluate`."""
+    resnet: Path
+    """A ResNet and its image processor in `microsoft/resnet-50`'s layout: the image-model backbone of
+    `dalda evaluate`."""
 
 
 def tiny_clip_tokenizer() -> CLIPTokenizer:
@@ -188,6 +194,16 @@ def save_tiny_clip_scorer(output_dir: str | os.PathLike, seed: int = 0) -> Path:
     return output_dir
 
 
+def save_tiny_resnet(output_dir: str | os.PathLike, seed: int = 0) -> Path:
+    """Saves a tiny ResNet (two basic stages, 16 features) and image processor (the role of `microsoft/resnet-50`)."""
+    torch.manual_seed(seed)
+    config = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")
+    output_dir = Path(output_dir)
+    ResNetModel(config).save_pretrained(output_dir)
+    ConvNextImageProcessor(size={"shortest_edge": _IMAGE_SIZE}, crop_pct=1.0).save_pretrained(output_dir)
+    return output_dir
+
+
 def save_tiny_models(output_dir: str | os.PathLike, seed: int = 0) -> TinyModelPaths:
     """Saves the whole kit under `output_dir` and returns where each model is."""
     output_dir = Path(output_dir)
@@ -196,4 +212,5 @@ def save_tiny_models(output_dir: str | os.PathLike, seed: int = 0) -> TinyModelP
         stable_diffusion=stable_diffusion,
         ip_adapter=save_tiny_ip_adapter(output_dir / "ip-adapter", stable_diffusion, seed=seed),
         clip_scorer=save_tiny_clip_scorer(output_dir / "clip-scorer", seed=seed),
+        resnet=save_tiny_resnet(output_dir / "resnet", seed=seed),
     )

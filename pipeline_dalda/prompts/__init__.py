@@ -1,20 +1,32 @@
 """DALDA's text prompts: M scene sentences per class from an LLM, templates or an existing bank, each checked to
-name its own class and no other."""
+name its own class and no other.
 
-from .bank import PromptBank
-from .generate import PromptArguments, generate_prompt_bank
-from .llm import LLMSettings, OpenAIPromptWriter, PromptRequestError
-from .matching import ClassNameMatcher
-from .template import TemplatePromptWriter
+Names are imported on first use, so reading a class name's display form does not pay for importing the LLM client.
+"""
+
+import importlib
+from typing import Any
 
 
-__all__ = [
-    "ClassNameMatcher",
-    "LLMSettings",
-    "OpenAIPromptWriter",
-    "PromptArguments",
-    "PromptBank",
-    "PromptRequestError",
-    "TemplatePromptWriter",
-    "generate_prompt_bank",
-]
+_EXPORTS = {
+    "ClassNameMatcher": ".matching",
+    "LLMSettings": ".llm",
+    "OpenAIPromptWriter": ".llm",
+    "PromptArguments": ".generate",
+    "PromptBank": ".bank",
+    "PromptRequestError": ".llm",
+    "TemplatePromptWriter": ".template",
+    "generate_prompt_bank": ".generate",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,12 @@
+"""`dalda evaluate`: the paper's few-shot evaluation of an augmented dataset, with the real-only baseline beside it.
+
+data.py       the training images (real + their synthetic ones) and the test set, by protocol, leak-checked
+views.py      the training transforms (flip, rotation) as cacheable views
+backbones.py  frozen transformers backbones and their heads' recipes
+features.py   backbone features per image and view, cached on disk
+training.py   the linear head: the paper's schedule and synthetic mixing
+metrics.py    balanced accuracy, top-1, paired differences over seeds
+report.py     results.json / results.md / epochs.csv / plots, and comparisons across runs
+diversity.py  CLIP-I and LPIPS diversity through the `evaluate` modules in scripts/metrics/
+run.py        `evaluate_augmented_dataset`, the function behind the command
+"""

@@ -1,0 +1,129 @@
+"""Frozen image backbones for the few-shot classifiers, loaded from any transformers checkpoint.
+
+Two kinds, decided by the checkpoint:
+- image–text models (CLIP, SigLIP, ...; they have `get_image_features` and `get_text_features`): the feature is the
+  projected image embedding, and the linear head starts from the text embeddings of "a photo of a {class}" — the
+  paper's CLIP ViT-B/16 classifier;
+- image models (ResNet, DINOv2, ViT, ...): the feature is the pooled output (the mean of the last hidden states where
+  a model has no pooler) and the head starts at random — the paper's ResNet-50 classifier.
+"""
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoTokenizer, PreTrainedModel
+
+from pipeline_dalda.pipeline import CLASS_PROMPT_TEMPLATE
+from pipeline_dalda.prompts.matching import display_name
+
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BACKBONE = "openai/clip-vit-base-patch16"
+PAPER_MEAN, PAPER_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+"""The paper normalises every backbone's input with mean 0.5 and std 0.5."""
+
+
+@dataclass(frozen=True)
+class HeadRecipe:
+    """How the linear head is trained (the paper's Table 4 and the released code)."""
+
+    optimizer: Literal["adamw", "adam"]
+    learning_rate: float
+    weight_decay: float
+
+
+CLIP_RECIPE = HeadRecipe("adamw", 2e-4, 0.1)
+IMAGE_MODEL_RECIPE = HeadRecipe("adam", 1e-4, 0.0)
+
+
+def _pooled(output) -> torch.Tensor:
+    """The embedding of a `get_*_features` or image-model output, whatever the transformers version returns."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if getattr(output, "pooler_output", None) is not None:
+        return output.pooler_output.flatten(1)
+    return output.last_hidden_state.mean(dim=1)
+
+
+class FrozenBackbone:
+    """A frozen feature extractor: `features(pixels)` and, for image–text models, a text-initialised head."""
+
+    def __init__(self, name: str, model: PreTrainedModel, tokenizer=None, mean=PAPER_MEAN, std=PAPER_STD):
+        self.name = name
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.is_image_text = hasattr(model, "get_image_features") and hasattr(model, "get_text_features")
+        self.recipe = CLIP_RECIPE if self.is_image_text else IMAGE_MODEL_RECIPE
+        self.processor_mean, self.processor_std = tuple(mean), tuple(std)
+        config = model.config
+        vision_config = getattr(config, "vision_config", config)
+        self.native_image_size = int(getattr(vision_config, "image_size", 224))
+        self.fingerprint = self._fingerprint()
+        self.feature_dim = int(
+            self.features(torch.zeros(1, 3, self.native_image_size, self.native_image_size)).shape[1]
+        )
+
+    def _fingerprint(self) -> str:
+        """A digest of the architecture and every weight: cached features are valid for these weights only."""
+        digest = hashlib.sha256(self.model.config.to_json_string(use_diff=False).encode())
+        for name, tensor in sorted(self.model.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()[:24]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @torch.no_grad()
+    def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Float32 features of a batch of normalised pixels `(B, 3, H, W)`."""
+        pixel_values = pixel_values.to(self.device, self.dtype)
+        if self.is_image_text:
+            output = self.model.get_image_features(pixel_values=pixel_values)
+        else:
+            output = self.model(pixel_values=pixel_values)
+        return _pooled(output).float()
+
+    @torch.no_grad()
+    def initial_head(self, class_names: list[str], seed: int) -> torch.nn.Linear:
+        r"""
+        The linear head `Linear(feature_dim, C)` before training.
+
+        Image–text models: `W[c] = text_embedding("a photo of a {class c}")` (not normalised), `b = 0`, as the paper's
+        CLIP classifier. Image models: PyTorch's default initialisation, drawn from `seed`.
+        """
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            head = torch.nn.Linear(self.feature_dim, len(class_names))
+        if self.is_image_text:
+            prompts = [CLASS_PROMPT_TEMPLATE.format(display_name(name)) for name in class_names]
+            tokens = self.tokenizer(prompts, padding=True, truncation=True, return_tensors="pt").to(self.device)
+            text = self.model.get_text_features(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask)
+            head.weight.copy_(_pooled(text).float().cpu())
+            head.bias.zero_()
+        return head
+
+
+def load_backbone(name_or_path: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    """Loads a frozen backbone from a Hub id or a local folder with transformers' Auto classes."""
+    config = AutoConfig.from_pretrained(name_or_path)
+    model = AutoModel.from_pretrained(name_or_path, dtype=dtype)
+    tokenizer = None
+    if hasattr(config, "text_config"):
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    try:
+        processor = AutoImageProcessor.from_pretrained(name_or_path)
+        mean, std = processor.image_mean, processor.image_std
+    except (OSError, ValueError):
+        mean, std = PAPER_MEAN, PAPER_STD
+    logger.info("Loaded the backbone %s (%s)", name_or_path, type(model).__name__)
+    return FrozenBackbone(name_or_path, model.to(device), tokenizer, mean, std)

@@ -1,0 +1,288 @@
+"""What `dalda evaluate` trains and tests on.
+
+Training: the augmented dataset's real rows and, for each, its own synthetic rows (linked by `source_index`).
+Test: rows of the source dataset, chosen by one of three protocols:
+
+- `paper`: the paper's split protocol ([`paper_split_halves`]): the whole second half of every class's permutation,
+  with the seed the few-shot images were selected with (on `test_split` when given: Pets' `test`);
+- `unselected`: the source split's rows that were not selected as few-shot images;
+- `split`: every row of an explicit split of the source dataset (`test_split`).
+
+`auto` takes `paper` when `dalda augment` selected its shots by the paper's protocol, `split` when a `test_split`
+other than the source split is given, else `unselected`. No real training image may be in the test set: by source
+row when both come from the same split, and by decoded-pixel hash always. Bad rows are skipped and counted.
+"""
+
+import hashlib
+import json
+import logging
+import os
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+import numpy as np
+from huggingface_hub import hf_hub_download
+from huggingface_hub.errors import EntryNotFoundError
+
+from ..hub_layout import RUN_RECORD, read_run_record
+from ..source import BadImage, SourceArguments, decode_real_image, load_real_images, paper_split_halves
+from .features import PreparedImage
+from .views import squash
+
+
+logger = logging.getLogger(__name__)
+
+_VALIDATION_STREAM = 21
+TEST_SET_KINDS = ("auto", "paper", "unselected", "split")
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """One image to use: its undecoded `datasets` value, its class, and where it comes from (for messages)."""
+
+    value: dict
+    label: int
+    origin: str
+
+
+@dataclass
+class EvaluationSplits:
+    """The training images (each real one with its own synthetic ones), the test and validation images."""
+
+    class_names: list[str]
+    reals: list[ImageRef]
+    synthetic: list[list[ImageRef]]
+    test: list[ImageRef]
+    validation: list[ImageRef]
+    description: dict
+    """How the test set was made: protocol, source dataset and split, seed, sizes."""
+    augmented: datasets.Dataset
+    """The augmented dataset itself (images undecoded)."""
+    recorded: dict
+    """How `dalda augment` made it (its run record)."""
+    skipped: Counter = field(default_factory=Counter)
+    """Rows left out, by reason."""
+
+
+class LeakError(ValueError):
+    """A real training image is also in the test set."""
+
+
+def content_hash(image) -> str:
+    """A digest of an image's decoded pixels: equal for the same picture whatever its file format."""
+    digest = hashlib.sha256(f"{image.mode}{image.size}".encode())
+    digest.update(image.tobytes())
+    return digest.hexdigest()
+
+
+def prepare_images(
+    refs: Sequence[ImageRef], image_size: int, skipped: Counter, num_workers: int = 4, chunk_size: int = 256
+) -> Iterator[tuple[int, PreparedImage]]:
+    """Decodes (EXIF-aware, any mode), hashes and squashes images in worker threads, yielding `(position in refs,
+    prepared image)` in order; a bad image is logged, counted in `skipped` under `"undecodable image"` and left
+    out."""
+
+    def prepare(ref: ImageRef) -> PreparedImage | BadImage:
+        try:
+            image = decode_real_image(ref.value)
+        except BadImage as error:
+            return error
+        return PreparedImage(content_hash(image), squash(image, image_size))
+
+    with ThreadPoolExecutor(max(1, num_workers)) as pool:
+        for start in range(0, len(refs), chunk_size):
+            chunk = refs[start : start + chunk_size]
+            for position, prepared in enumerate(pool.map(prepare, chunk), start):
+                if isinstance(prepared, BadImage):
+                    logger.warning("Skipping %s: %s", refs[position].origin, prepared)
+                    skipped["undecodable image"] += 1
+                    continue
+                yield position, prepared
+
+
+def load_augmented_dataset(path: str, revision: str | None = None) -> datasets.Dataset:
+    """The `train` split of an augmented dataset (a local folder or a Hub id), images left undecoded.
+
+    A local folder is read through its parquet shards: `datasets` caches a folder with a dataset card by the
+    folder's name and card, so two outputs both called `augmented` would otherwise share one stale cache."""
+    if os.path.isdir(path):
+        shards = sorted(str(shard) for shard in Path(path, "data").glob("train-*.parquet"))
+        if not shards:
+            raise ValueError(
+                f"{path!r} holds no data/train-*.parquet shards; is it a folder written by `dalda augment`?"
+            )
+        dataset = datasets.load_dataset("parquet", data_files={"train": shards}, split="train")
+    else:
+        dataset = datasets.load_dataset(path, split="train", revision=revision)
+    missing = {"image", "label", "is_synthetic", "source_index", "clip_score", "ip_adapter_scale"} - set(
+        dataset.column_names
+    )
+    if missing:
+        raise ValueError(
+            f"{path!r} is not a dataset made by `dalda augment`: it has no column {sorted(missing)}; "
+            f"its columns are {dataset.column_names}."
+        )
+    if not isinstance(dataset.features["label"], datasets.ClassLabel):
+        raise ValueError(f"The column 'label' of {path!r} is {dataset.features['label']}, not a ClassLabel.")
+    return dataset.cast_column("image", datasets.Image(decode=False))
+
+
+def recorded_settings(path: str, revision: str | None = None) -> dict | None:
+    """How `dalda augment` made the dataset: its source, few-shot selection and seed (see `RUN_RECORD`)."""
+    if os.path.isdir(path):
+        return read_run_record(path)
+    try:
+        record = hf_hub_download(path, RUN_RECORD, repo_type="dataset", revision=revision)
+        return json.loads(Path(record).read_text(encoding="utf-8"))
+    except EntryNotFoundError:
+        return None
+
+
+def training_images(
+    dataset: datasets.Dataset, skipped: Counter
+) -> tuple[list[ImageRef], list[list[ImageRef]], list[int]]:
+    """The real rows, each real row's synthetic rows, and each real row's source row."""
+    num_classes = dataset.features["label"].num_classes
+    columns = dataset.select_columns(["label", "is_synthetic", "source_index"]).to_dict()
+    images = dataset["image"]
+    real_of_source: dict[int, int] = {}
+    reals, source_rows = [], []
+    for row, (label, synthetic, source) in enumerate(
+        zip(columns["label"], columns["is_synthetic"], columns["source_index"])
+    ):
+        if synthetic:
+            continue
+        if label is None or not 0 <= label < num_classes:
+            skipped["unknown label"] += 1
+            continue
+        real_of_source[source] = len(reals)
+        reals.append(ImageRef(images[row], label, f"augmented row {row}"))
+        source_rows.append(source)
+    synthetic: list[list[ImageRef]] = [[] for _ in reals]
+    for row, (label, is_synthetic, source) in enumerate(
+        zip(columns["label"], columns["is_synthetic"], columns["source_index"])
+    ):
+        if not is_synthetic:
+            continue
+        if label is None or not 0 <= label < num_classes:
+            skipped["unknown label"] += 1
+        elif source not in real_of_source:
+            skipped["synthetic image without its real image"] += 1
+        else:
+            synthetic[real_of_source[source]].append(ImageRef(images[row], label, f"augmented row {row}"))
+    return reals, synthetic, source_rows
+
+
+def choose_test_rows(
+    kind: str, labels: list[int | None], num_classes: int, seed: int, training_rows: set[int] | None
+) -> list[int]:
+    """The source rows of the test set by `kind` (module docstring); `training_rows` is None when the training
+    images come from another split."""
+    if kind == "paper":
+        return sorted(row for half in paper_split_halves(labels, num_classes, seed)[1] for row in half)
+    if kind == "unselected":
+        if training_rows is None:
+            raise ValueError("`test_set unselected` needs the test split to be the split the shots came from.")
+        return [row for row, label in enumerate(labels) if label is not None and row not in training_rows]
+    return [row for row, label in enumerate(labels) if label is not None]
+
+
+def carve_validation(test: list[ImageRef], fraction: float, seed: int) -> tuple[list[ImageRef], list[ImageRef]]:
+    """Moves `fraction` of each class's test images (at least one where a class has two or more) to a validation
+    set, drawn from its own stream, so that early stopping never looks at the test images."""
+    if fraction <= 0:
+        return test, []
+    rng = np.random.default_rng(np.random.SeedSequence([_VALIDATION_STREAM, seed]))
+    validation_rows: set[int] = set()
+    by_class: dict[int, list[int]] = {}
+    for index, ref in enumerate(test):
+        by_class.setdefault(ref.label, []).append(index)
+    for label in sorted(by_class):
+        rows = by_class[label]
+        size = min(len(rows) - 1, max(1, round(fraction * len(rows)))) if len(rows) > 1 else 0
+        validation_rows.update(rng.permutation(rows)[:size].tolist())
+    return (
+        [ref for index, ref in enumerate(test) if index not in validation_rows],
+        [ref for index, ref in enumerate(test) if index in validation_rows],
+    )
+
+
+def load_evaluation_splits(
+    dataset_path: str,
+    revision: str | None = None,
+    test_set: str = "auto",
+    test_split: str | None = None,
+    source_dataset: str | None = None,
+    validation_fraction: float = 0.0,
+) -> EvaluationSplits:
+    """Reads the augmented dataset and its source, and builds the training, test and validation images (module
+    docstring), with a clear error for a dataset that cannot be evaluated and a leak by source row."""
+    if test_set not in TEST_SET_KINDS:
+        raise ValueError(f"`test_set` must be one of {TEST_SET_KINDS}, got {test_set!r}.")
+    augmented = load_augmented_dataset(dataset_path, revision)
+    class_names = list(augmented.features["label"].names)
+    skipped: Counter = Counter()
+    reals, synthetic, training_rows = training_images(augmented, skipped)
+    if not reals:
+        raise ValueError(f"{dataset_path!r} has no real image with a known label to train on.")
+
+    settings = recorded_settings(dataset_path, revision)
+    if settings is None:
+        raise ValueError(
+            f"{dataset_path!r} has no record of how it was made ({RUN_RECORD}); evaluate a dataset written by "
+            "`dalda augment`."
+        )
+    source, seed = settings["source"], settings["generation"]["seed"]
+    split = test_split or source["split"]
+    same_split = split == source["split"]
+    if test_set == "auto":
+        test_set = "paper" if source.get("shot_selection") == "paper" else "unselected" if same_split else "split"
+    source_args = SourceArguments(
+        dataset=source_dataset or source["dataset"],
+        dataset_config=source["dataset_config"],
+        dataset_revision=source["dataset_revision"],
+        split=split,
+        label_column=source["label_column"],
+        image_column=source["image_column"],
+        class_names_file=source["class_names_file"],
+    )
+    where = f"The source dataset {source_args.dataset!r} of {dataset_path!r}"
+    if source_args.dataset.startswith("./") and not os.path.isdir(source_args.dataset):
+        raise ValueError(f"{where} was a local folder that is not here; give its location with `source_dataset`.")
+    try:
+        real = load_real_images(source_args)
+    except (FileNotFoundError, ConnectionError) as error:
+        raise ValueError(f"{where} cannot be read ({error}); give its location with `source_dataset`.") from error
+    if real.class_names != class_names:
+        raise ValueError(
+            f"The classes of the source dataset {source_args.dataset!r} ({len(real.class_names)}) are not those of "
+            f"{dataset_path!r} ({len(class_names)}); is `source_dataset` the dataset it was made from?"
+        )
+    rows = choose_test_rows(test_set, real.labels, len(class_names), seed, set(training_rows) if same_split else None)
+    if same_split:
+        leaked = sorted(set(rows) & set(training_rows))
+        if leaked:
+            raise LeakError(
+                f"{len(leaked)} real training images are in the test set (source rows {leaked[:20]} of split "
+                f"{split!r}); choose another `test_set` or `test_split`."
+            )
+    skipped["source row without a known label"] += sum(label is None for label in real.labels)
+    images = real.dataset.select(rows)[source_args.image_column]
+    test = [
+        ImageRef(image, real.labels[row], f"source row {row} of split {split!r}") for row, image in zip(rows, images)
+    ]
+    test, validation = carve_validation(test, validation_fraction, seed)
+    description = {
+        "protocol": test_set,
+        "source_dataset": source_args.dataset,
+        "source_revision": source_args.dataset_revision,
+        "split": split,
+        "selection_seed": seed,
+        "test_images": len(test),
+        "validation_images": len(validation),
+    }
+    return EvaluationSplits(class_names, reals, synthetic, test, validation, description, augmented, settings, skipped)
