@@ -13,6 +13,7 @@ differ only in how a batch of synthetic images is generated ([`DALDAGeneration`]
 import hashlib
 import json
 import logging
+import os
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
@@ -210,7 +211,14 @@ class DALDAGeneration:
         """λ's from AGS and the real image's CLIPScore, drawn from the real image's own random stream."""
         scores = None if clip_score is None else np.full(self.args.num_prompts, clip_score)
         generator = scale_generator(self.args.seed, source_index)
-        scales = item_ip_adapter_scales(self.args.num_prompts, None, scores, self.ags, self.num_shots, generator)
+        scales = item_ip_adapter_scales(
+            num_items=self.args.num_prompts,
+            ip_adapter_scale=None,
+            clip_scores=scores,
+            ags=self.ags,
+            num_shots=self.num_shots,
+            ags_generator=generator,
+        )
         return [float(scale) for scale in scales]
 
     def prepare(self, images: list[PIL.Image.Image]) -> list[torch.Tensor]:
@@ -412,10 +420,13 @@ def run_settings(
         generation.pop(name)
     if args.prompt_bank:
         generation["prompt_bank_sha256"] = hashlib.sha256(Path(args.prompt_bank).read_bytes()).hexdigest()
+    source = asdict(source_args)
+    if os.path.isdir(source["dataset"]):  # so that a record read from elsewhere still finds it
+        source["dataset"] = os.path.abspath(source["dataset"])
     models = asdict(model_args)
     for name in ("device", "dtype"):
         models.pop(name)
-    return {"source": asdict(source_args), "generation": generation, "models": models, "ags": asdict(ags)}
+    return {"source": source, "generation": generation, "models": models, "ags": asdict(ags)}
 
 
 def augment_dataset(

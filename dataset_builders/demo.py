@@ -87,6 +87,7 @@ def run_demo(args: DemoArguments) -> None:
             dataset=str(output / "dataset"),
             output_dir=str(output / "evaluation"),
             backbone=str(models / "clip-scorer"),
+            image_size=32,  # the tiny CLIP's input size
             epochs=5,
             iterations_per_epoch=20,
             cache_dir=str(output / "feature-cache"),

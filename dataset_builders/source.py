@@ -172,7 +172,8 @@ def paper_split_halves(
     One stream `numpy.random.default_rng(seed)` permutes each class's rows in turn, in class order, and
     `np.array_split(permutation, 2)` cuts each permutation in two. Few-shot training images are the first n rows of
     the first half; the test set is the whole second half. A class's rows are taken in source order, so a dataset
-    read from files must list them in a fixed (sorted) order for the split to be reproducible.
+    read from files must list them in a fixed (sorted) order for the split to be reproducible; and since the stream
+    runs through the classes in turn, the released code's own halves come out only with its class order.
 
     Returns:
         `(first_halves, second_halves)`, each a list over classes of source rows in permutation order.

@@ -45,23 +45,16 @@ def save_colour_dataset(folder: str | os.PathLike, images_per_class: int, seed: 
 def augment_run_settings(
     source: str | os.PathLike, num_shots: int, shot_selection: str = "random", seed: int = 0, split: str = "train"
 ) -> dict[str, Any]:
-    """The run record of a DALDA run on `source` (the parts `dalda evaluate` reads)."""
-    return {
-        "source": {
-            "dataset": str(source),
-            "dataset_config": None,
-            "dataset_revision": None,
-            "split": split,
-            "label_column": "label",
-            "image_column": "image",
-            "class_names_file": None,
-            "num_shots": num_shots,
-            "shot_selection": shot_selection,
-            "allow_fewer_shots": False,
-        },
-        "generation": {"method": "dalda", "base_prompt": False, "seed": seed, "num_prompts": 0},
-        "ags": {"mode": "truncnorm"},
-    }
+    """The run record `dalda augment` keeps for a base-prompt run on `source` with the default models and AGS."""
+    from pipeline_dalda import AdaptiveGuidanceScaling
+    from pipeline_dalda.loading import ModelArguments
+
+    from .augment import AugmentArguments, run_settings
+    from .source import SourceArguments
+
+    source_args = SourceArguments(dataset=str(source), split=split, num_shots=num_shots, shot_selection=shot_selection)
+    args = AugmentArguments(output_dir=".", base_prompt=True, seed=seed)
+    return run_settings(source_args, args, ModelArguments(), AdaptiveGuidanceScaling())
 
 
 def write_augmented_dataset(

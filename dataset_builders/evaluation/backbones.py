@@ -59,13 +59,10 @@ class FrozenBackbone:
         self.is_image_text = hasattr(model, "get_image_features") and hasattr(model, "get_text_features")
         self.recipe = CLIP_RECIPE if self.is_image_text else IMAGE_MODEL_RECIPE
         self.processor_mean, self.processor_std = tuple(mean), tuple(std)
-        config = model.config
-        vision_config = getattr(config, "vision_config", config)
-        self.native_image_size = int(getattr(vision_config, "image_size", 224))
+        vision_config = getattr(model.config, "vision_config", model.config)
+        probe_size = int(getattr(vision_config, "image_size", 224))
         self.fingerprint = self._fingerprint()
-        self.feature_dim = int(
-            self.features(torch.zeros(1, 3, self.native_image_size, self.native_image_size)).shape[1]
-        )
+        self.feature_dim = int(self.features(torch.zeros(1, 3, probe_size, probe_size)).shape[1])
 
     def _fingerprint(self) -> str:
         """A digest of the architecture and every weight: cached features are valid for these weights only."""
@@ -106,7 +103,9 @@ class FrozenBackbone:
             head = torch.nn.Linear(self.feature_dim, len(class_names))
         if self.is_image_text:
             prompts = [CLASS_PROMPT_TEMPLATE.format(display_name(name)) for name in class_names]
-            tokens = self.tokenizer(prompts, padding=True, truncation=True, return_tensors="pt").to(self.device)
+            # SigLIP was trained on text padded to its full length, CLIP on unpadded text.
+            padding = "max_length" if "siglip" in self.model.config.model_type else True
+            tokens = self.tokenizer(prompts, padding=padding, truncation=True, return_tensors="pt").to(self.device)
             text = self.model.get_text_features(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask)
             head.weight.copy_(_pooled(text).float().cpu())
             head.bias.zero_()
@@ -115,8 +114,11 @@ class FrozenBackbone:
 
 def load_backbone(name_or_path: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
     """Loads a frozen backbone from a Hub id or a local folder with transformers' Auto classes."""
-    config = AutoConfig.from_pretrained(name_or_path)
-    model = AutoModel.from_pretrained(name_or_path, dtype=dtype)
+    try:
+        config = AutoConfig.from_pretrained(name_or_path)
+        model = AutoModel.from_pretrained(name_or_path, dtype=dtype)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"The backbone {name_or_path!r} cannot be loaded: {error}") from error
     tokenizer = None
     if hasattr(config, "text_config"):
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)

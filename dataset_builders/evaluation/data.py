@@ -22,6 +22,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, get_args
 
 import datasets
 import numpy as np
@@ -37,7 +38,7 @@ from .views import squash
 logger = logging.getLogger(__name__)
 
 _VALIDATION_STREAM = 21
-TEST_SET_KINDS = ("auto", "paper", "unselected", "split")
+TestSetKind = Literal["auto", "paper", "unselected", "split"]
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,10 @@ def load_augmented_dataset(path: str, revision: str | None = None) -> datasets.D
             )
         dataset = datasets.load_dataset("parquet", data_files={"train": shards}, split="train")
     else:
-        dataset = datasets.load_dataset(path, split="train", revision=revision)
+        try:
+            dataset = datasets.load_dataset(path, split="train", revision=revision)
+        except (FileNotFoundError, ConnectionError) as error:
+            raise ValueError(f"The augmented dataset {path!r} cannot be read: {error}") from error
     missing = {"image", "label", "is_synthetic", "source_index", "clip_score", "ip_adapter_scale"} - set(
         dataset.column_names
     )
@@ -159,6 +163,8 @@ def training_images(
         if label is None or not 0 <= label < num_classes:
             skipped["unknown label"] += 1
             continue
+        if source in real_of_source:
+            raise ValueError(f"Two real rows of the augmented dataset have source_index {source} (row {row}).")
         real_of_source[source] = len(reals)
         reals.append(ImageRef(images[row], label, f"augmented row {row}"))
         source_rows.append(source)
@@ -172,6 +178,8 @@ def training_images(
             skipped["unknown label"] += 1
         elif source not in real_of_source:
             skipped["synthetic image without its real image"] += 1
+        elif label != reals[real_of_source[source]].label:
+            skipped["synthetic image labelled unlike its real image"] += 1
         else:
             synthetic[real_of_source[source]].append(ImageRef(images[row], label, f"augmented row {row}"))
     return reals, synthetic, source_rows
@@ -214,15 +222,15 @@ def carve_validation(test: list[ImageRef], fraction: float, seed: int) -> tuple[
 def load_evaluation_splits(
     dataset_path: str,
     revision: str | None = None,
-    test_set: str = "auto",
+    test_set: TestSetKind = "auto",
     test_split: str | None = None,
     source_dataset: str | None = None,
     validation_fraction: float = 0.0,
 ) -> EvaluationSplits:
     """Reads the augmented dataset and its source, and builds the training, test and validation images (module
     docstring), with a clear error for a dataset that cannot be evaluated and a leak by source row."""
-    if test_set not in TEST_SET_KINDS:
-        raise ValueError(f"`test_set` must be one of {TEST_SET_KINDS}, got {test_set!r}.")
+    if test_set not in get_args(TestSetKind):
+        raise ValueError(f"`test_set` must be one of {get_args(TestSetKind)}, got {test_set!r}.")
     augmented = load_augmented_dataset(dataset_path, revision)
     class_names = list(augmented.features["label"].names)
     skipped: Counter = Counter()

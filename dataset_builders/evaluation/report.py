@@ -13,6 +13,7 @@ import numpy as np
 
 from pipeline_dalda.atomic import atomic_output, write_json_atomically
 
+from .diversity import diversity_table
 from .metrics import mean_and_std, paired_difference
 
 
@@ -106,8 +107,9 @@ def results_markdown(results: dict) -> str:
             f"| real only | {_figure(figures['real_only']['balanced_accuracy'])} | "
             f"{_figure(figures['real_only']['top1'])} |"
         )
+    trained_on = "real only" if settings["synthetic_probability"] == 0 else "real + synthetic"
     lines.append(
-        f"| real + synthetic ({results['method']}, p = {settings['synthetic_probability']}) | "
+        f"| {trained_on} ({results['method']}, p = {settings['synthetic_probability']}) | "
         f"{_figure(figures['augmented']['balanced_accuracy'])} | {_figure(figures['augmented']['top1'])} |"
     )
     if "difference" in figures:
@@ -163,13 +165,26 @@ def write_epochs_csv(path: Path, trials: list[dict]) -> None:
         writer.writerows(rows)
 
 
-def plot_accuracy_per_epoch(path: Path, trials: list[dict], title: str) -> None:
-    """Test balanced accuracy per epoch, real-only vs augmented: the mean over seeds and its min–max band."""
+def _pyplot():
+    """matplotlib's pyplot on the file-only backend (imported on first use: the reports need no display)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save_png(figure, path: Path) -> None:
+    figure.tight_layout()
+    with atomic_output(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=120)
+    _pyplot().close(figure)
+
+
+def plot_accuracy_per_epoch(path: Path, trials: list[dict], title: str) -> None:
+    """Test balanced accuracy per epoch, real-only vs augmented: the mean over seeds and its min–max band."""
+    plt = _pyplot()
     figure, axes = plt.subplots(figsize=(6.4, 4))
     for arm, colour in (("real_only", "tab:gray"), ("augmented", "tab:blue")):
         curves = np.array(
@@ -186,19 +201,12 @@ def plot_accuracy_per_epoch(path: Path, trials: list[dict], title: str) -> None:
         axes.fill_between(epochs, curves.min(axis=0), curves.max(axis=0), color=colour, alpha=0.2)
     axes.set(xlabel="epoch", ylabel="test balanced accuracy", title=title)
     axes.legend()
-    figure.tight_layout()
-    with atomic_output(path) as temporary:
-        figure.savefig(temporary, format="png", dpi=120)
-    plt.close(figure)
+    _save_png(figure, path)
 
 
 def plot_score_histograms(path: Path, clip_scores: list, scales: list) -> None:
     """The augmented dataset's CLIPScores (real images) and λ's (synthetic images), as the paper's Fig. 4."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
     for axes, values, name in (
         (left, clip_scores, "CLIPScore of the real images"),
@@ -210,10 +218,7 @@ def plot_score_histograms(path: Path, clip_scores: list, scales: list) -> None:
         else:
             axes.text(0.5, 0.5, "none recorded", ha="center", va="center", transform=axes.transAxes)
         axes.set(xlabel=name, ylabel="images", xlim=(0, 1))
-    figure.tight_layout()
-    with atomic_output(path) as temporary:
-        figure.savefig(temporary, format="png", dpi=120)
-    plt.close(figure)
+    _save_png(figure, path)
 
 
 def write_report(args, trials: list[dict], context: dict) -> dict:
@@ -288,35 +293,67 @@ def _short(name: str) -> str:
     return name.rstrip("/").rsplit("/", 1)[-1]
 
 
-def load_comparison(runs: list[str]) -> dict[tuple[str, str], dict[int, dict[str, dict]]]:
-    """`{(dataset, backbone): {shots: {method: balanced-accuracy summary}}}`, with the real-only baseline as the
-    method "Real only" (taken from the first run of its column). Two runs of one cell are an error."""
-    table: dict[tuple[str, str], dict[int, dict[str, dict]]] = {}
+_COMPARABLE = ("select", "seeds", "epochs", "iterations_per_epoch", "batch_size", "image_size", "normalization")
+
+
+@dataclass
+class Comparison:
+    """Several evaluation runs, by table cell."""
+
+    cells: dict[tuple[str, str], dict[int, dict[str, dict]]]
+    """`{(dataset, backbone): {shots: {method: balanced-accuracy summary}}}`; the real-only baseline is the method
+    "Real only", from the first run of its cell's column."""
+    diversity: list[tuple[str, dict]]
+    """(method and dataset, diversity figures) of the runs that measured diversity."""
+    optimistic: bool
+    """Whether the runs chose their epoch on the test set."""
+
+
+def load_comparison(runs: list[str]) -> Comparison:
+    """Reads the runs' results.json. Runs of one column must share the protocol (model selection, seeds, schedule,
+    test set), or their figures would not compare; two runs of one cell are an error."""
+    comparison = Comparison({}, [], False)
     origin: dict[tuple, str] = {}
+    protocol: dict[tuple, tuple[str, dict]] = {}
     for run in runs:
         path = Path(run, "results.json")
         if not path.is_file():
             raise ValueError(f"{run!r} holds no results.json; give folders written by `dalda evaluate`.")
         results = json.loads(path.read_text(encoding="utf-8"))
         column = (_short(results["test_set"]["source_dataset"]), _short(results["settings"]["backbone"]))
-        cell = table.setdefault(column, {}).setdefault(results["num_shots"], {})
-        key = (*column, results["num_shots"], results["method"])
-        if key in origin:
+        shots, method = results["num_shots"], results["method"]
+        settings = {name: results["settings"][name] for name in _COMPARABLE}
+        settings.update(test_set=results["test_set"]["protocol"], test_images=results["test_set"]["test_images"])
+        first_run, first = protocol.setdefault((*column, shots), (run, settings))
+        differing = sorted(name for name in settings if settings[name] != first[name])
+        if differing:
             raise ValueError(
-                f"{origin[key]!r} and {run!r} both evaluate {results['method']} on {column[0]} with {column[1]} at "
-                f"{results['num_shots']} shots; give `method_label`s that tell them apart."
+                f"{first_run!r} and {run!r} evaluate {column[0]} with {column[1]} at {shots} shots with different "
+                f"{', '.join(differing)}; compare runs made the same way."
             )
-        origin[key] = run
-        cell[results["method"]] = results["aggregate"]["augmented"]["balanced_accuracy"]
+        if (*column, shots, method) in origin:
+            raise ValueError(
+                f"{origin[(*column, shots, method)]!r} and {run!r} both evaluate {method} on {column[0]} with "
+                f"{column[1]} at {shots} shots; give `method_label`s that tell them apart."
+            )
+        origin[(*column, shots, method)] = run
+        comparison.optimistic |= results["optimistic"]
+        cell = comparison.cells.setdefault(column, {}).setdefault(shots, {})
+        cell[method] = results["aggregate"]["augmented"]["balanced_accuracy"]
         if "real_only" in results["aggregate"]:
             cell.setdefault("Real only", results["aggregate"]["real_only"]["balanced_accuracy"])
-    return table
+        if results.get("diversity"):
+            comparison.diversity.append((f"{method}, {column[0]}, {shots}-shot", results["diversity"]))
+    return comparison
 
 
-def comparison_markdown(table: dict) -> str:
+def comparison_markdown(comparison: Comparison) -> str:
     """The paper's Table 2 layout per number of shots: one row per method, one column per dataset and backbone,
-    mean balanced accuracy ± std over seeds; the best of each column in bold."""
+    mean balanced accuracy ± std over seeds, the best of each column in bold; then Table 1 (diversity) if measured."""
+    table = comparison.cells
     lines = ["# Few-shot balanced accuracy", ""]
+    if comparison.optimistic:
+        lines += [f"**{OPTIMISTIC}** (`select best_test_epoch`, as the released code).", ""]
     for shots in sorted({shots for cells in table.values() for shots in cells}):
         columns = [column for column in table if shots in table[column]]
         methods = list(
@@ -340,16 +377,14 @@ def comparison_markdown(table: dict) -> str:
                 cells.append(f"**{text}**" if summary["mean"] == best[column] else text)
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")
+    if comparison.diversity:
+        lines += ["## Diversity", "", diversity_table(comparison.diversity), ""]
     return "\n".join(lines)
 
 
-def plot_accuracy_vs_shots(path: Path, table: dict) -> None:
+def plot_accuracy_vs_shots(path: Path, table: dict[tuple[str, str], dict[int, dict[str, dict]]]) -> None:
     """Balanced accuracy against shots, one panel per dataset and backbone, one line per method (paper's Fig. 7)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     figure, panels = plt.subplots(1, len(table), figsize=(4.8 * len(table), 3.8), squeeze=False)
     for axes, ((dataset, backbone), by_shots) in zip(panels[0], table.items()):
         shots = sorted(by_shots)
@@ -367,19 +402,16 @@ def plot_accuracy_vs_shots(path: Path, table: dict) -> None:
         axes.set(xscale="log", xlabel="shots per class", ylabel="balanced accuracy", title=f"{dataset}, {backbone}")
         axes.set_xticks(shots, [str(s) for s in shots])
         axes.legend(fontsize="small")
-    figure.tight_layout()
-    with atomic_output(path) as temporary:
-        figure.savefig(temporary, format="png", dpi=120)
-    plt.close(figure)
+    _save_png(figure, path)
 
 
 def compare_runs(args: CompareArguments) -> str:
     """Writes comparison.md and accuracy_vs_shots.png for several evaluation runs; returns the markdown."""
-    table = load_comparison(args.runs)
+    comparison = load_comparison(args.runs)
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    markdown = comparison_markdown(table)
+    markdown = comparison_markdown(comparison)
     with atomic_output(output_dir / "comparison.md") as temporary:
         temporary.write_text(markdown, encoding="utf-8")
-    plot_accuracy_vs_shots(output_dir / "accuracy_vs_shots.png", table)
+    plot_accuracy_vs_shots(output_dir / "accuracy_vs_shots.png", comparison.cells)
     return markdown

@@ -14,9 +14,10 @@ from typing import Literal
 import numpy as np
 import torch
 from huggingface_hub.constants import HF_HOME
+from tqdm.auto import tqdm
 
 from .backbones import DEFAULT_BACKBONE, PAPER_MEAN, PAPER_STD, HeadRecipe, load_backbone
-from .data import EvaluationSplits, ImageRef, LeakError, load_evaluation_splits, prepare_images
+from .data import EvaluationSplits, ImageRef, LeakError, TestSetKind, load_evaluation_splits, prepare_images
 from .features import FeatureCache, FeatureExtractor, PreparedImage, RenderedFeatures
 from .diversity import DiversityArguments, compute_diversity, diversity_table
 from .report import method_label, write_report
@@ -47,7 +48,7 @@ class EvaluateArguments:
         metadata={"help": "Where the report goes: results.json, results.md, epochs.csv and the plots."}
     )
     dataset_revision: str | None = field(default=None, metadata={"help": "A branch, tag or commit of a Hub dataset."})
-    test_set: Literal["auto", "paper", "unselected", "split"] = field(
+    test_set: TestSetKind = field(
         default="auto",
         metadata={
             "help": "The test images: 'paper' (the second half of the paper's per-class split), 'unselected' (the "
@@ -81,8 +82,8 @@ class EvaluateArguments:
         default="paper",
         metadata={"help": "Pixel normalisation: 'paper' (mean 0.5, std 0.5) or 'processor' (the backbone's own)."},
     )
-    image_size: int | None = field(
-        default=None, metadata={"help": "Input size in pixels, squashed square (default: the backbone's, 224)."}
+    image_size: int = field(
+        default=224, metadata={"help": "Input size in pixels, the whole image squashed to a square (the paper: 224)."}
     )
     epochs: int = field(default=50, metadata={"help": "Training epochs (the paper: 50)."})
     iterations_per_epoch: int = field(default=200, metadata={"help": "Steps per epoch (the paper: 200)."})
@@ -140,8 +141,10 @@ class EvaluateArguments:
             raise ValueError(f"`validation_fraction` must be in [0, 1), got {self.validation_fraction}.")
         if self.select == "best_validation_epoch" and self.validation_fraction == 0:
             raise ValueError("`select best_validation_epoch` needs a validation set: set `validation_fraction`.")
-        if not self.seeds:
-            raise ValueError("`seeds` is empty; give at least one seed.")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"`seeds` must be distinct seeds, at least one; got {self.seeds}.")
+        if self.image_size < 1:
+            raise ValueError(f"`image_size` must be >= 1, got {self.image_size}.")
 
     def resolved_device(self) -> torch.device:
         if self.device == "auto":
@@ -164,7 +167,9 @@ class PreparedTraining:
 
 def prepare_training(splits: EvaluationSplits, image_size: int, num_workers: int) -> PreparedTraining:
     """Decodes the training images; a real image that does not decode is dropped with its synthetic images."""
-    reals = list(prepare_images(splits.reals, image_size, splits.skipped, num_workers))
+    reals = list(
+        tqdm(prepare_images(splits.reals, image_size, splits.skipped, num_workers), "real images", len(splits.reals))
+    )
     synthetic_refs: list[ImageRef] = []
     group_of: list[int] = []
     for group, (position, _) in enumerate(reals):
@@ -174,7 +179,13 @@ def prepare_training(splits: EvaluationSplits, image_size: int, num_workers: int
     splits.skipped["synthetic image of an undecodable real image"] += sum(
         len(images) for position, images in enumerate(splits.synthetic) if position not in decoded
     )
-    synthetic = list(prepare_images(synthetic_refs, image_size, splits.skipped, num_workers))
+    synthetic = list(
+        tqdm(
+            prepare_images(synthetic_refs, image_size, splits.skipped, num_workers),
+            "synthetic images",
+            len(synthetic_refs),
+        )
+    )
     counts = np.bincount([group_of[position] for position, _ in synthetic], minlength=len(reals))
     pool = TrainingPool.from_groups([splits.reals[position].label for position, _ in reals], counts.tolist())
     real_hashes = {prepared.content_hash: splits.reals[position].origin for position, prepared in reals}
@@ -231,7 +242,7 @@ def evaluate_augmented_dataset(args: EvaluateArguments, diversity_args: Diversit
     )
     device = args.resolved_device()
     backbone = load_backbone(args.backbone, device, getattr(torch, args.dtype))
-    image_size = args.image_size or backbone.native_image_size
+    image_size = args.image_size
     mean, std = (
         (PAPER_MEAN, PAPER_STD) if args.normalization == "paper" else (backbone.processor_mean, backbone.processor_std)
     )
@@ -251,6 +262,11 @@ def evaluate_augmented_dataset(args: EvaluateArguments, diversity_args: Diversit
     if splits.validation:
         validation = extract_evaluation_features(
             splits.validation, extractor, training, args, image_size, splits.skipped, "validation"
+        )
+    if args.select == "best_validation_epoch" and (validation is None or len(validation.labels) == 0):
+        raise ValueError(
+            f"`validation_fraction` {args.validation_fraction} leaves no validation image (a class needs at least "
+            "two test images to give one); raise it, or choose another `select`."
         )
     splits.description.update(
         test_images=len(test.labels), validation_images=len(validation.labels) if validation else 0
