@@ -16,6 +16,7 @@ from dataset_builders.evaluation.data import LeakError, load_evaluation_splits
 from dataset_builders.evaluation.report import CompareArguments, _figure, compare_runs
 from dataset_builders.evaluation.run import EvaluateArguments, evaluate_augmented_dataset
 from dataset_builders.evaluation.training import TrainingPool, TrainingSchedule, draw_training_batches
+from dataset_builders.evaluation.views import view_grid
 from dataset_builders.source import paper_split_halves, select_few_shot
 from dataset_builders.testing import (
     COLOURS,
@@ -97,6 +98,23 @@ def test_mixing_replaces_draws_with_probability_p_by_the_real_images_own_synthet
     assert scipy.stats.chisquare(counts).pvalue > 1e-4
 
 
+@pytest.mark.parametrize("rotation_step", [1.0, 5.0])
+def test_cached_views_are_the_nearest_grid_views_to_the_released_codes_draws(rotation_step):
+    pool = TrainingPool.from_groups(real_labels=[0, 1], synthetic_counts=[2, 2])
+    schedule = TrainingSchedule(epochs=2, iterations_per_epoch=20, batch_size=16)
+    grid = draw_training_batches(pool, schedule, 3, 0.5, "grid", rotation_step)
+    continuous = draw_training_batches(pool, schedule, 3, 0.5, "continuous")
+    assert np.array_equal(grid.items, continuous.items) and np.array_equal(grid.flips, continuous.flips)
+    assert np.abs(grid.angles - continuous.angles).max() <= rotation_step / 2 + 1e-9
+    views = view_grid(rotation_step)
+    assert len(views) == 2 * (30 / rotation_step + 1)
+    assert all(
+        views[i].angle == a and views[i].flip == f
+        for i, a, f in zip(grid.grid.ravel(), grid.angles.ravel(), grid.flips.ravel())
+    )
+    assert len(np.unique(continuous.angles)) == continuous.angles.size  # the released code's angles: all distinct
+
+
 @pytest.mark.parametrize("backbone", ["clip_scorer", "resnet"])
 def test_the_evaluation_sees_signal(colours, tiny_models, tmp_path, backbone):
     """Extra real images of the right class help; images of the wrong class hurt; by a margin chance cannot give."""
@@ -131,7 +149,6 @@ def test_cached_features_are_the_uncached_computation(colours, tiny_models):
     from dataset_builders.evaluation.data import prepare_images
     from dataset_builders.evaluation.features import FeatureExtractor, RenderedFeatures
     from dataset_builders.evaluation.training import CachedFeatures, LabelledFeatures, train_linear_head
-    from dataset_builders.evaluation.views import VIEW_GRID
     import collections
     import torch
 
@@ -142,7 +159,7 @@ def test_cached_features_are_the_uncached_computation(colours, tiny_models):
     prepared = [image for _, image in prepare_images(refs, 32, collections.Counter())]
     pool = TrainingPool.from_groups([ref.label for ref in splits.reals], [len(group) for group in splits.synthetic])
     draws = draw_training_batches(pool, TrainingSchedule(3, 10, 8), seed=0, synthetic_probability=0.5)
-    table = extractor.extract(prepared, VIEW_GRID)
+    table = extractor.extract(prepared, view_grid())
     test = LabelledFeatures(torch.zeros(1, backbone.feature_dim), np.zeros(1, dtype=np.int64))
     histories, heads = [], []
     for features_of in (
@@ -157,7 +174,7 @@ def test_cached_features_are_the_uncached_computation(colours, tiny_models):
     )
     torch.testing.assert_close(heads[0].weight, heads[1].weight, rtol=1e-4, atol=1e-6)
     # Or the comparison proves nothing: other views give other features.
-    assert not torch.allclose(table[:, 0], table[:, len(VIEW_GRID) // 2])
+    assert not torch.allclose(table[:, 0], table[:, len(view_grid()) // 2])
 
 
 def test_same_seed_same_figures_and_a_rerun_reuses_the_cache(colours, tiny_models, tmp_path):
@@ -323,6 +340,8 @@ def test_report_files_selection_and_comparison(colours, tiny_models, tmp_path):
 
 
 def test_bad_settings_are_clear_errors(colours, tiny_models, tmp_path):
+    with pytest.raises(ValueError, match="The rotation step must divide 30°, got 7.0°"):
+        EvaluateArguments(dataset="x", output_dir="y", rotation_step=7.0)
     with pytest.raises(ValueError, match="`seeds` must be distinct"):
         EvaluateArguments(dataset="x", output_dir="y", seeds=[0, 0])
     with pytest.raises(ValueError, match="The backbone '/no/such/model' cannot be loaded"):

