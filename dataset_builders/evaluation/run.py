@@ -206,7 +206,6 @@ def extract_evaluation_features(
     extractor: FeatureExtractor,
     training: PreparedTraining,
     args: EvaluateArguments,
-    image_size: int,
     skipped: Counter,
     description: str,
 ) -> LabelledFeatures:
@@ -216,7 +215,7 @@ def extract_evaluation_features(
     leaks: list[str] = []
 
     def checked():
-        for position, prepared in prepare_images(refs, image_size, skipped, args.num_workers):
+        for position, prepared in prepare_images(refs, args.image_size, skipped, args.num_workers):
             if prepared.content_hash in training.real_hashes:
                 leaks.append(f"{refs[position].origin} = {training.real_hashes[prepared.content_hash]}")
             kept.append(position)
@@ -251,18 +250,17 @@ def evaluate_augmented_dataset(args: EvaluateArguments, diversity_args: Diversit
     )
     device = args.resolved_device()
     backbone = load_backbone(args.backbone, device, getattr(torch, args.dtype))
-    image_size = args.image_size
     mean, std = (
         (PAPER_MEAN, PAPER_STD) if args.normalization == "paper" else (backbone.processor_mean, backbone.processor_std)
     )
     cache = None
     if args.feature_cache:
         cache_dir = args.cache_dir or os.path.join(HF_HOME, "dalda", "features")
-        cache = FeatureCache(cache_dir, FeatureExtractor.cache_key(backbone, image_size, mean, std))
+        cache = FeatureCache(cache_dir, FeatureExtractor.cache_key(backbone, args.image_size, mean, std))
     extractor = FeatureExtractor(backbone, mean, std, cache, args.feature_batch_size)
 
-    training = prepare_training(splits, image_size, args.num_workers)
-    test = extract_evaluation_features(splits.test, extractor, training, args, image_size, splits.skipped, "test")
+    training = prepare_training(splits, args.image_size, args.num_workers)
+    test = extract_evaluation_features(splits.test, extractor, training, args, splits.skipped, "test")
     if len(test.labels) == 0:
         raise ValueError(
             f"The test set of {args.dataset!r} is empty ({splits.description}); choose another `test_set`."
@@ -270,7 +268,7 @@ def evaluate_augmented_dataset(args: EvaluateArguments, diversity_args: Diversit
     validation = None
     if splits.validation:
         validation = extract_evaluation_features(
-            splits.validation, extractor, training, args, image_size, splits.skipped, "validation"
+            splits.validation, extractor, training, args, splits.skipped, "validation"
         )
     if args.select == "best_validation_epoch" and (validation is None or len(validation.labels) == 0):
         raise ValueError(
@@ -320,7 +318,7 @@ def evaluate_augmented_dataset(args: EvaluateArguments, diversity_args: Diversit
         "training": training,
         "backbone": {"id": args.backbone, "fingerprint": backbone.fingerprint, "feature_dim": backbone.feature_dim},
         "recipe": asdict(recipe),
-        "image_size": image_size,
+        "image_size": args.image_size,
     }
     if args.diversity:
         diversity = compute_diversity(splits.augmented, diversity_args or DiversityArguments(), device)
