@@ -4,10 +4,8 @@ import io
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import datasets
@@ -23,9 +21,8 @@ from pipeline_dalda.prompts import PromptArguments, generate_prompt_bank
 from pipeline_dalda.testing import IP_ADAPTER_WEIGHT_NAME
 
 from .conftest import random_images
+from .helpers import dalda_command, kill_midway, run_dalda
 from .hub_server import HubServer
-from .test_cli import dalda_command, run_dalda
-
 
 CLASSES = ["pug", "beagle", "persian cat"]
 SECRET_TOKEN = "hf_dalda_test_SECRET_token_0123456789"
@@ -185,14 +182,7 @@ def test_sigkill_then_resume_finishes_without_redoing_shards(augmented, tiny_mod
     output = tmp_path / "killed"
     config = config_file(tiny_models, pets, output, tmp_path / "config.json", real_images_per_shard=1,
                          num_inference_steps=6)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    process = subprocess.Popen([*dalda_command(), "augment", str(config)], env=env, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while len(list((output / "data").glob("*.parquet"))) < 2:
-        assert process.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_midway([*dalda_command(), "augment", str(config)], ready=lambda: len(list(output.glob("data/*.parquet"))) >= 2)
     finished = {path: (path.stat().st_ino, path.stat().st_mtime_ns) for path in (output / "data").glob("*.parquet")}
     assert 2 <= len(finished) < 6
 
@@ -252,7 +242,7 @@ def test_bad_inputs_are_skipped_and_reported(tiny_models, tmp_path):
     base = random_images(1, seed=50, size=(40, 30))[0]
     exif = PIL.Image.Exif()
     exif[0x0112] = 6  # rotate 90° on display
-    sixteen_bit = PIL.Image.fromarray((np.asarray(base.convert("L"), dtype=np.uint16) * 257))
+    sixteen_bit = PIL.Image.fromarray(np.asarray(base.convert("L"), dtype=np.uint16) * 257)
     good_jpeg = encoded(base, "JPEG")
     cases = [  # (image bytes, label)
         (good_jpeg[: len(good_jpeg) // 2], 0),  # truncated

@@ -1,10 +1,6 @@
 """The `dalda` command, run as users run it: an installed console script in a subprocess."""
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,16 +8,7 @@ import PIL.Image
 import pytest
 
 from .conftest import random_images
-
-
-def dalda_command():
-    installed = shutil.which("dalda", path=str(Path(sys.executable).parent))
-    return [installed] if installed else [sys.executable, "-m", "pipeline_dalda.cli"]
-
-
-def run_dalda(*args, cwd=None):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([*dalda_command(), *map(str, args)], capture_output=True, text=True, env=env, cwd=cwd)
+from .helpers import model_options, run_dalda
 
 
 def test_help_lists_commands():
@@ -40,16 +27,6 @@ def test_tiny_models_writes_a_loadable_kit(tmp_path):
     assert Path(paths["ip_adapter"], "models", "ip-adapter_sd15.safetensors").is_file()
     assert Path(paths["ip_adapter"], "models", "image_encoder", "config.json").is_file()
     assert Path(paths["clip_scorer"], "config.json").is_file()
-
-
-def model_options(tiny_models):
-    return {
-        "pretrained_model_name_or_path": str(tiny_models.stable_diffusion),
-        "vae": "",
-        "ip_adapter": str(tiny_models.ip_adapter),
-        "ip_adapter_weight_name": "ip-adapter_sd15.safetensors",
-        "clip_score_model": str(tiny_models.clip_scorer),
-    }
 
 
 @pytest.fixture

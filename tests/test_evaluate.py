@@ -26,7 +26,7 @@ from dataset_builders.testing import (
     write_augmented_dataset,
 )
 
-from .test_cli import run_dalda
+from .helpers import run_dalda
 
 
 @pytest.fixture(scope="module")
@@ -145,12 +145,14 @@ def test_cached_and_uncached_paths_agree(colours, tiny_models, tmp_path):
 
 def test_cached_features_are_the_uncached_computation(colours, tiny_models):
     """On the grid views, training on cached features is training on features computed at every step."""
+    import collections
+
+    import torch
+
     from dataset_builders.evaluation.backbones import PAPER_MEAN, PAPER_STD, load_backbone
     from dataset_builders.evaluation.data import prepare_images
     from dataset_builders.evaluation.features import FeatureExtractor, RenderedFeatures
     from dataset_builders.evaluation.training import CachedFeatures, LabelledFeatures, train_linear_head
-    import collections
-    import torch
 
     splits = load_evaluation_splits(str(colours["good"]))
     backbone = load_backbone(str(tiny_models.clip_scorer))

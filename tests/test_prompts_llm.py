@@ -3,9 +3,7 @@
 import json
 import logging
 import os
-import signal
 import subprocess
-import time
 
 import pytest
 
@@ -19,8 +17,7 @@ from pipeline_dalda.prompts import (
 )
 
 from .chat_server import ChatServer, Reply
-from .test_cli import dalda_command
-
+from .helpers import dalda_command, kill_midway
 
 API_KEY = "sk-dalda-test-SECRET-0123456789"
 CLASSES = [f"class_{name}" for name in "abcdefghijklmnopqrstuvwxy"]  # 25 classes
@@ -231,14 +228,9 @@ def test_killed_run_resumes_without_asking_finished_chunks_again(tmp_path):
     classes_file.write_text("\n".join(CLASSES[:12]) + "\n")
     env = {**os.environ, "OPENAI_API_KEY": API_KEY, "HF_HUB_OFFLINE": "1"}
     with ChatServer(delay=0.25) as server:
-        process = subprocess.Popen(prompts_command(server, tmp_path, classes_file), env=env, stderr=subprocess.PIPE)
         chunks = tmp_path / "bank.json.chunks"
-        deadline = time.monotonic() + 60
-        while len(list(chunks.glob("chunk-*.json"))) < 3:
-            assert process.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
-            time.sleep(0.05)
-        process.send_signal(signal.SIGKILL)
-        process.wait()
+        command = prompts_command(server, tmp_path, classes_file)
+        kill_midway(command, ready=lambda: len(list(chunks.glob("chunk-*.json"))) >= 3, env=env)
         finished = {name for path in chunks.glob("chunk-*.json") for name in json.loads(path.read_text())["classes"]}
         asked_before = len(server.requests)
 

@@ -18,8 +18,7 @@ from pipeline_dalda.prompts import (
     generate_prompt_bank,
 )
 
-from .test_cli import dalda_command, run_dalda
-
+from .helpers import dalda_command, run_dalda
 
 HUNDRED_CLASSES = [f"{colour} {thing}" for colour in ("red", "blue", "green", "amber", "violet")
                    for thing in ("kite", "lamp", "boot", "cup", "vase", "bell", "drum", "fan", "key", "pen",
