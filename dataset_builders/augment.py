@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from pipeline_dalda import DEFAULT_NEGATIVE_PROMPT, DEFAULT_PROMPT_PREFIX, AdaptiveGuidanceScaling, DALDAPipeline
 from pipeline_dalda.atomic import remove_stale_temporaries, write_json_atomically
 from pipeline_dalda.loading import ModelArguments, load_dalda_pipeline
+from pipeline_dalda.resume import ensure_same_settings
 from pipeline_dalda.pipeline import CLASS_PROMPT_TEMPLATE, item_ip_adapter_scales
 from pipeline_dalda.prompts import PromptBank
 from pipeline_dalda.prompts.matching import display_name
@@ -452,18 +453,13 @@ def augment_dataset(
     output_dir = Path(args.output_dir)
     settings = run_settings(source_args, args, model_args, ags)
     settings_file = output_dir / WORK_DIR / "run.json"
+    # The main process records the settings on a first start; then every process checks them.
     if state.is_main_process:
         remove_stale_temporaries(output_dir / WORK_DIR / "tmp")
-        if not settings_file.exists():
-            write_json_atomically(settings_file, settings)
+        ensure_same_settings(settings_file, settings, work=output_dir)
     state.wait_for_everyone()
-    recorded = json.loads(settings_file.read_text(encoding="utf-8"))
-    if recorded != settings:
-        changed = sorted(key for key in settings if recorded.get(key) != settings[key])
-        raise ValueError(
-            f"{str(output_dir)!r} holds a run made with other settings ({', '.join(changed)}); "
-            "use another output_dir, or the same settings to resume."
-        )
+    if not state.is_main_process:
+        ensure_same_settings(settings_file, settings, work=output_dir)
 
     size = args.real_images_per_shard
     shards = [selected[start : start + size] for start in range(0, len(selected), size)]

@@ -3,7 +3,7 @@ process is killed midway."""
 
 import json
 import os
-import tempfile
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -19,8 +19,10 @@ def atomic_output(path: str | os.PathLike, temp_dir: str | os.PathLike | None = 
     path.parent.mkdir(parents=True, exist_ok=True)
     directory = Path(temp_dir) if temp_dir is not None else path.parent
     directory.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(descriptor)
+    # Created as `open()` creates files (mode 0o666 less the umask), so the result is as readable as any written
+    # file; `tempfile.mkstemp` would make it 0o600 and `os.replace` would keep that.
+    temporary = directory / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         yield Path(temporary)
         with open(temporary, "rb") as written:

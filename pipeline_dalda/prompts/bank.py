@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import write_json_atomically
+from ..resume import ensure_same_settings
 
 
 @dataclass
@@ -51,17 +52,7 @@ class ChunkCheckpoints:
 
     def open(self) -> list[dict[str, Any]]:
         """Creates or reopens the folder; returns the finished chunks' records."""
-        settings_file = self.directory / "settings.json"
-        if settings_file.exists():
-            recorded = json.loads(settings_file.read_text(encoding="utf-8"))
-            if recorded != self.settings:
-                changed = sorted(k for k in recorded.keys() | self.settings.keys() if recorded.get(k) != self.settings.get(k))
-                raise ValueError(
-                    f"{str(self.directory)!r} holds an unfinished run made with other settings ({', '.join(changed)}); "
-                    "delete it to start over, or run with the same settings to resume."
-                )
-        else:
-            write_json_atomically(settings_file, self.settings)
+        ensure_same_settings(self.directory / "settings.json", self.settings, work=self.directory)
         return [json.loads(path.read_text(encoding="utf-8")) for path in sorted(self.directory.glob("chunk-*.json"))]
 
     def save_chunk(self, record: dict[str, Any]) -> None:
