@@ -3,8 +3,13 @@
 Work is cut into shards of a few real images. Each shard goes through `datasets.Dataset.map`, which turns its real
 rows into real + synthetic rows, and is written as one parquet file the moment it is complete; a rerun skips the
 shards that exist, and `accelerate launch` shares the missing shards out between processes. Every synthetic image
-draws its λ and its seed from (run seed, source index, prompt index) only, so the result does not depend on the batch
-size, the order, a resume or the number of processes.
+draws its λ and its seed from (run seed, source index, prompt index) only ([`pipeline_dalda.seeding`]), and the
+CLIPScores are computed once per run and saved, so the result does not depend on the batch size, the order, a resume
+or the number of processes.
+
+CLIPScore and AGS are the pipeline's own: the run scores each real image with [`DALDAPipeline.clip_scorer`] as it is
+stored (before any resize), and every batch goes through [`DALDAPipeline.__call__`] with those scores and one λ
+generator per item, which draws λ as it would for a Python user.
 
 `method="real_guidance"` makes the paper's first baseline, Real Guidance, in the same rows and layout: the two methods
 differ only in how a batch of synthetic images is generated ([`DALDAGeneration`], [`RealGuidanceGeneration`]).
@@ -15,139 +20,40 @@ import json
 import logging
 import os
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Iterator, Literal, Protocol
+from typing import Any, Iterator, Protocol
 
 import datasets
-import numpy as np
 import PIL.Image
 import torch
 from accelerate import PartialState
 from diffusers import StableDiffusionImg2ImgPipeline
 from tqdm.auto import tqdm
 
-from pipeline_dalda import DEFAULT_NEGATIVE_PROMPT, DEFAULT_PROMPT_PREFIX, AdaptiveGuidanceScaling, DALDAPipeline
-from pipeline_dalda.atomic import remove_stale_temporaries, write_json_atomically
-from pipeline_dalda.loading import ModelArguments, load_dalda_pipeline
-from pipeline_dalda.resume import ensure_same_settings
-from pipeline_dalda.pipeline import CLASS_PROMPT_TEMPLATE, item_ip_adapter_scales
+from pipeline_dalda import AdaptiveGuidanceScaling, DALDAPipeline
+from pipeline_dalda.arguments import ModelArguments
+from pipeline_dalda.atomic import create_output_dir, remove_stale_temporaries, write_json_atomically
+from pipeline_dalda.images import BadImage, load_image
+from pipeline_dalda.loading import load_dalda_pipeline
+from pipeline_dalda.pipeline import class_prompt
 from pipeline_dalda.prompts import PromptBank
-from pipeline_dalda.prompts.matching import display_name
+from pipeline_dalda.resume import ensure_same_settings
+from pipeline_dalda.seeding import item_seed, noise_generator, scale_generator
 
+from .arguments import AugmentArguments, SourceArguments
 from .hub_layout import WORK_DIR, output_features, push_to_hub, shard_path, write_shard
 from .report import finalize_output
-from .source import BadImage, RealImages, SourceArguments, decode_real_image, load_real_images, select_few_shot
+from .source import RealImages, load_real_images, select_few_shot
 
 
 logger = logging.getLogger(__name__)
 
-_IMAGE_SEED_STREAM, _SCALE_STREAM = 1, 2  # keep the two random streams of a run apart
-
-METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
-    # The paper's generation settings (DESIGN §2, Table 4).
-    "dalda": {
-        "num_inference_steps": 30, "prompt_prefix": DEFAULT_PROMPT_PREFIX, "negative_prompt": DEFAULT_NEGATIVE_PROMPT
-    },
-    # DA-Fusion's Real Guidance, which the paper ran as its baseline, calls diffusers' img2img with its default 50
-    # steps (25 run at strength 0.5), no prompt prefix and no negative prompt.
-    "real_guidance": {"num_inference_steps": 50, "prompt_prefix": "", "negative_prompt": ""},
-}
-"""The settings each `method` uses where `AugmentArguments` leaves them `None`."""
-
-
-@dataclass
-class AugmentArguments:
-    """How `dalda augment` builds the augmented dataset."""
-
-    output_dir: str = field(metadata={"help": "The dataset folder to write (Hub layout)."})
-    method: Literal["dalda", "real_guidance"] = field(
-        default="dalda",
-        metadata={
-            "help": "'dalda': prompts + IP-Adapter with the real image + AGS. 'real_guidance': the paper's baseline "
-            "(DA-Fusion's Real Guidance), Stable Diffusion img2img from the real image with the prompt "
-            "'a photo of a {class}'; it takes no prompt bank and loads no IP-Adapter."
-        },
-    )
-    prompt_bank: str | None = field(default=None, metadata={"help": "A prompt bank from `dalda prompts`."})
-    base_prompt: bool = field(
-        default=False, metadata={"help": "Use 'a photo of a {class}' instead of a prompt bank (ablation)."}
-    )
-    real_guidance_strength: float = field(
-        default=0.5,
-        metadata={
-            "help": "img2img strength of `real_guidance`, in (0, 1]: how far the real image is noised before "
-            "denoising; int(num_inference_steps · strength) steps run."
-        },
-    )
-    num_prompts: int = field(default=10, metadata={"help": "Synthetic images per real image (M)."})
-    seed: int = field(default=0, metadata={"help": "Seeds the few-shot selection, λ and every image."})
-    batch_size: int = field(default=8, metadata={"help": "Synthetic images denoised together in one pass."})
-    real_images_per_shard: int = field(default=4, metadata={"help": "Real images per parquet shard (resume unit)."})
-    num_inference_steps: int | None = field(
-        default=None,
-        metadata={"help": "DDIM steps; default 30 for dalda (the paper), 50 for real_guidance (DA-Fusion)."},
-    )
-    guidance_scale: float = field(default=7.5, metadata={"help": "Classifier-free guidance scale."})
-    prompt_prefix: str | None = field(
-        default=None,
-        metadata={"help": f"Put before every prompt; {DEFAULT_PROMPT_PREFIX!r} for dalda, '' for real_guidance."},
-    )
-    negative_prompt: str | None = field(
-        default=None,
-        metadata={"help": f"Default {DEFAULT_NEGATIVE_PROMPT!r} for dalda, '' (none) for real_guidance."},
-    )
-    clip_score_mode: str = field(default="probability", metadata={"help": "'probability' or 'cosine'."})
-    contact_sheet_rows: int = field(default=8, metadata={"help": "Real images shown in contact_sheet.png."})
-    push_to_hub: str | None = field(default=None, metadata={"help": "ORG/NAME of a Hub dataset repo to upload to."})
-    private: bool = field(default=False, metadata={"help": "Create the Hub repo as private."})
-
-    def __post_init__(self):
-        if self.method not in METHOD_DEFAULTS:
-            raise ValueError(f"`method` must be one of {sorted(METHOD_DEFAULTS)}, got {self.method!r}.")
-        for name, value in METHOD_DEFAULTS[self.method].items():
-            if getattr(self, name) is None:
-                setattr(self, name, value)
-        for name in ("num_prompts", "batch_size", "real_images_per_shard", "num_inference_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}.")
-        if self.method == "real_guidance":
-            self._check_real_guidance()
-        elif (self.prompt_bank is None) == (not self.base_prompt):
-            raise ValueError("Give exactly one of `prompt_bank` and `base_prompt`.")
-
-    def _check_real_guidance(self) -> None:
-        """Real Guidance always prompts 'a photo of a {class}': a prompt bank given with it would go unused while
-        the run's record named it, so it is refused rather than ignored."""
-        if self.prompt_bank is not None or self.base_prompt:
-            raise ValueError(
-                "`method='real_guidance'` always uses the prompt 'a photo of a {class}'; give neither `prompt_bank` "
-                "nor `base_prompt` (or use `method='dalda'`)."
-            )
-        if not 0 < self.real_guidance_strength <= 1:
-            raise ValueError(f"`real_guidance_strength` must be in (0, 1], got {self.real_guidance_strength}.")
-        if int(self.num_inference_steps * self.real_guidance_strength) < 1:
-            raise ValueError(
-                f"img2img runs int(num_inference_steps · real_guidance_strength) = int({self.num_inference_steps} · "
-                f"{self.real_guidance_strength}) = 0 denoising steps; raise either."
-            )
-
-
-def image_seed(run_seed: int, source_index: int, prompt_index: int) -> int:
-    """The seed of one synthetic image's initial noise."""
-    return int(np.random.SeedSequence([_IMAGE_SEED_STREAM, run_seed, source_index, prompt_index]).generate_state(1)[0])
-
-
-def scale_generator(run_seed: int, source_index: int) -> np.random.Generator:
-    """The random stream that draws the λ's of one real image's synthetic images."""
-    return np.random.default_rng([_SCALE_STREAM, run_seed, source_index])
-
-
 def class_prompts(args: AugmentArguments, class_names: list[str]) -> dict[str, list[str]]:
     """M prompts per class: from the bank, or "a photo of a {class}" (`base_prompt`, and always for Real Guidance)."""
     if args.base_prompt or args.method == "real_guidance":
-        return {name: [CLASS_PROMPT_TEMPLATE.format(display_name(name))] * args.num_prompts for name in class_names}
+        return {name: [class_prompt(name)] * args.num_prompts for name in class_names}
     bank = PromptBank.load(args.prompt_bank)
     short = {name: len(bank.prompts.get(name, [])) for name in class_names}
     short = {name: count for name, count in short.items() if count < args.num_prompts}
@@ -177,67 +83,57 @@ class SyntheticItem:
 
     real_index: int
     """Its real image's position in the batch of real images."""
+    source_index: int
+    """Its real image's row in the source split."""
+    prompt_index: int
     prompt: str
-    scale: float | None
-    """Its IP-Adapter weight λ; None where the method has no image prompt."""
+    clip_score: float | None
+    """Its real image's CLIPScore; None where no CLIP model is loaded."""
     seed: int
-    """The seed of its initial noise, from [`image_seed`]."""
-
-
-def item_generators(items: list[SyntheticItem]) -> list[torch.Generator]:
-    """One generator per item, so that an item's image does not depend on the others in its batch."""
-    return [torch.Generator().manual_seed(item.seed) for item in items]
+    """The seed of its initial noise, from [`item_seed`]."""
 
 
 class Generation(Protocol):
     """How a method turns real images and [`SyntheticItem`]s into synthetic images."""
 
-    def scales(self, source_index: int, clip_score: float | None) -> list[float | None]:
-        """The λ of each of one real image's M synthetic images."""
-
     def prepare(self, images: list[PIL.Image.Image]) -> Any:
-        """What the method needs from a batch of real images (at the generation size), once for all their items."""
+        """What the method needs from a batch of real images, once for all their items."""
 
-    def __call__(self, prepared: Any, items: list[SyntheticItem]) -> list[PIL.Image.Image]:
-        """One synthetic image per item, at the generation size."""
+    def __call__(self, prepared: Any, items: list[SyntheticItem]) -> tuple[list[PIL.Image.Image], list[float | None]]:
+        """One synthetic image per item, at the generation size, and the λ it was made with (None where the method
+        has no image prompt)."""
 
 
 class DALDAGeneration:
-    """DALDA: each item's prompt with its real image as the IP-Adapter image prompt, at a λ drawn by AGS."""
+    """DALDA: each item's prompt with its real image as the IP-Adapter image prompt, at a λ drawn by the pipeline's
+    AGS from the real image's CLIPScore, with the item's own λ stream."""
 
     def __init__(self, pipe: DALDAPipeline, args: AugmentArguments, ags: AdaptiveGuidanceScaling, num_shots: int):
         self.pipe, self.args, self.ags, self.num_shots = pipe, args, ags, num_shots
-
-    def scales(self, source_index: int, clip_score: float | None) -> list[float | None]:
-        """λ's from AGS and the real image's CLIPScore, drawn from the real image's own random stream."""
-        scores = None if clip_score is None else np.full(self.args.num_prompts, clip_score)
-        generator = scale_generator(self.args.seed, source_index)
-        scales = item_ip_adapter_scales(
-            num_items=self.args.num_prompts,
-            ip_adapter_scale=None,
-            clip_scores=scores,
-            ags=self.ags,
-            num_shots=self.num_shots,
-            ags_generator=generator,
-        )
-        return [float(scale) for scale in scales]
 
     def prepare(self, images: list[PIL.Image.Image]) -> list[torch.Tensor]:
         """The real images' IP-Adapter embeddings, encoded once for all their synthetic images."""
         return self.pipe.encode_ip_adapter_images(images)
 
-    def __call__(self, prepared: list[torch.Tensor], items: list[SyntheticItem]) -> list[PIL.Image.Image]:
+    def __call__(
+        self, prepared: list[torch.Tensor], items: list[SyntheticItem]
+    ) -> tuple[list[PIL.Image.Image], list[float | None]]:
         rows = torch.tensor([item.real_index for item in items])
-        return self.pipe(
+        scores = [item.clip_score for item in items]
+        output = self.pipe(
             [item.prompt for item in items],
             ip_adapter_image_embeds=[embeds[rows.to(embeds.device)] for embeds in prepared],
-            ip_adapter_scale=[item.scale for item in items],
+            clip_scores=None if None in scores else scores,
+            ags=self.ags,
+            num_shots=self.num_shots,
+            ags_generator=[scale_generator(self.args.seed, item.source_index, item.prompt_index) for item in items],
             prompt_prefix=self.args.prompt_prefix,
             negative_prompt=self.args.negative_prompt,
             num_inference_steps=self.args.num_inference_steps,
             guidance_scale=self.args.guidance_scale,
-            generator=item_generators(items),
-        ).images
+            generator=[noise_generator(item.seed) for item in items],
+        )
+        return output.images, output.ip_adapter_scales
 
 
 class RealGuidanceGeneration:
@@ -250,7 +146,7 @@ class RealGuidanceGeneration:
     """
 
     def __init__(self, pipe: DALDAPipeline, args: AugmentArguments):
-        self.args = args
+        self.pipe, self.args = pipe, args
         self.img2img = StableDiffusionImg2ImgPipeline(
             vae=pipe.vae,
             text_encoder=pipe.text_encoder,
@@ -263,23 +159,37 @@ class RealGuidanceGeneration:
         )
         self.img2img.set_progress_bar_config(disable=True)  # the run's own bar counts images
 
-    def scales(self, source_index: int, clip_score: float | None) -> list[float | None]:
-        return [None] * self.args.num_prompts
-
     def prepare(self, images: list[PIL.Image.Image]) -> list[PIL.Image.Image]:
-        """The real images themselves: img2img starts from them."""
-        return images
+        """The real images at the generation size: img2img starts from them."""
+        return [self.pipe.resize_to_generation_size(image) for image in images]
 
-    def __call__(self, prepared: list[PIL.Image.Image], items: list[SyntheticItem]) -> list[PIL.Image.Image]:
-        return self.img2img(
+    def __call__(
+        self, prepared: list[PIL.Image.Image], items: list[SyntheticItem]
+    ) -> tuple[list[PIL.Image.Image], list[float | None]]:
+        images = self.img2img(
             prompt=[self.args.prompt_prefix + item.prompt for item in items],
             image=[prepared[item.real_index] for item in items],
             strength=self.args.real_guidance_strength,
             num_inference_steps=self.args.num_inference_steps,
             guidance_scale=self.args.guidance_scale,
             negative_prompt=[self.args.negative_prompt] * len(items),
-            generator=item_generators(items),
+            generator=[noise_generator(item.seed) for item in items],
         ).images
+        return images, [None] * len(items)
+
+
+@dataclass
+class OutputRow:
+    """One row of the augmented dataset, by column ([`output_features`]); a real image has no prompt, λ or seed."""
+
+    image: PIL.Image.Image | dict
+    label: int
+    is_synthetic: bool
+    source_index: int
+    prompt: str | None = None
+    ip_adapter_scale: float | None = None
+    clip_score: float | None = None
+    seed: int | None = None
 
 
 class DatasetAugmenter:
@@ -301,7 +211,6 @@ class DatasetAugmenter:
         self.clip_scores, self.process_index = clip_scores, process_index
         self.source_args, self.args = source_args, args
         self.features = output_features(real.class_names)
-        self.generation_size = pipe.unet.config.sample_size * pipe.vae_scale_factor
         self.generation: Generation = (
             RealGuidanceGeneration(pipe, args)
             if args.method == "real_guidance"
@@ -328,56 +237,56 @@ class DatasetAugmenter:
             write_shard(shard, shard_path(output_dir, index, count), output_dir)
 
     def _augment_batch(self, batch: dict[str, list], skipped: list[dict[str, Any]]) -> dict[str, list]:
-        """Real rows in, real + synthetic rows out."""
-        reals = []
+        """Real rows in, real + synthetic rows out (each real row followed by its synthetic rows)."""
+        reals = []  # (source_index, stored image, decoded image) of every usable real row
         for source_index, value in zip(batch["source_index"], batch[self.source_args.image_column]):
             try:
-                reals.append((source_index, value, decode_real_image(value)))
+                reals.append((source_index, value, load_image(value)))
             except BadImage as error:
                 logger.warning("Skipping source row %d: %s", source_index, error)
                 skipped.append({"source_index": source_index, "reason": str(error)})
                 self.progress.update(self.args.num_prompts)
-        out: dict[str, list] = {name: [] for name in self.features}
-        if not reals:
-            return out
 
-        labels = [self.real.labels[source_index] for source_index, _, _ in reals]
-        scores = [self.clip_scores[source_index] for source_index, _, _ in reals]
-        prepared = self.generation.prepare(
-            [image.resize((self.generation_size,) * 2, PIL.Image.BILINEAR) for _, _, image in reals]
-        )
-
+        rows_by_real: list[list[OutputRow]] = []
         items = []  # every synthetic image of the batch
-        for real_index, ((source_index, value, _), label, score) in enumerate(zip(reals, labels, scores)):
-            self._add_row(
-                out, image=value, label=label, is_synthetic=False, source_index=source_index, prompt=None,
-                ip_adapter_scale=None, clip_score=score, seed=None,
-            )
+        for real_index, (source_index, value, _) in enumerate(reals):
+            label, score = self.real.labels[source_index], self.clip_scores[source_index]
+            rows_by_real.append([OutputRow(embedded(value), label, False, source_index, clip_score=score)])
             prompts = self.prompts[self.real.class_names[label]]
-            for prompt_index, scale in enumerate(self.generation.scales(source_index, score)):
-                seed = image_seed(self.args.seed, source_index, prompt_index)
-                items.append(SyntheticItem(real_index, prompts[prompt_index], scale, seed))
+            for prompt_index in range(self.args.num_prompts):
+                seed = item_seed(self.args.seed, source_index, prompt_index)
+                items.append(
+                    SyntheticItem(real_index, source_index, prompt_index, prompts[prompt_index], score, seed)
+                )
 
+        prepared = self.generation.prepare([image for _, _, image in reals]) if reals else None
         for start in range(0, len(items), self.args.batch_size):
             batch_items = items[start : start + self.args.batch_size]
-            for generated, item in zip(self.generation(prepared, batch_items), batch_items):
-                source_index, _, image = reals[item.real_index]
-                self._add_row(
-                    out, image=generated.resize(image.size, PIL.Image.BILINEAR), label=labels[item.real_index],
-                    is_synthetic=True, source_index=source_index, prompt=item.prompt, ip_adapter_scale=item.scale,
-                    clip_score=scores[item.real_index], seed=item.seed,
+            images, scales = self.generation(prepared, batch_items)
+            for item, generated, scale in zip(batch_items, images, scales):
+                real_size = reals[item.real_index][2].size
+                rows_by_real[item.real_index].append(
+                    OutputRow(
+                        image=generated.resize(real_size, PIL.Image.BILINEAR),
+                        label=self.real.labels[item.source_index],
+                        is_synthetic=True,
+                        source_index=item.source_index,
+                        prompt=item.prompt,
+                        ip_adapter_scale=scale,
+                        clip_score=item.clip_score,
+                        seed=item.seed,
+                    )
                 )
             self.progress.update(len(batch_items))
-        return out
+        rows = [row for real_rows in rows_by_real for row in real_rows]
+        return {name: [getattr(row, name) for row in rows] for name in self.features}
 
-    @staticmethod
-    def _add_row(out: dict[str, list], **row: Any) -> None:
-        """Appends one row, given by column name; a real image stored as a file path is embedded as its bytes."""
-        image = row["image"]
-        if isinstance(image, dict) and image.get("bytes") is None:
-            row["image"] = {"bytes": Path(image["path"]).read_bytes(), "path": None}
-        for name, values in out.items():
-            values.append(row[name])
+
+def embedded(image: dict) -> dict:
+    """A stored real image with its bytes: one stored as a file path is read, so the dataset holds every image."""
+    if image.get("bytes") is None:
+        return {"bytes": Path(image["path"]).read_bytes(), "path": None}
+    return image
 
 
 def score_real_images(
@@ -394,7 +303,7 @@ def score_real_images(
     scores = {}
     for index in tqdm(selected, desc="CLIPScore", unit="img"):
         try:
-            image = decode_real_image(real.dataset[index][source_args.image_column])
+            image = load_image(real.dataset[index][source_args.image_column])
         except BadImage:
             scores[index] = None
             continue
@@ -437,6 +346,7 @@ def augment_dataset(
 
     Returns the run summary on the main process, None on the others.
     """
+    output_dir = create_output_dir(args.output_dir)
     model_args = method_models(args, model_args)
     # On the CPU, accelerate forms a process group only when told it runs on the CPU.
     state = PartialState(cpu=model_args.resolved_device().type == "cpu")
@@ -450,7 +360,6 @@ def augment_dataset(
         protocol=source_args.shot_selection,
     )
     prompts = class_prompts(args, real.class_names)
-    output_dir = Path(args.output_dir)
     settings = run_settings(source_args, args, model_args, ags)
     settings_file = output_dir / WORK_DIR / "run.json"
     # The main process records the settings on a first start; then every process checks them.

@@ -2,7 +2,6 @@
 template prompts — ending in a Hub-layout dataset, a contact sheet and the evaluation report."""
 
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -10,29 +9,20 @@ import PIL.Image
 import PIL.ImageDraw
 
 from pipeline_dalda import AdaptiveGuidanceScaling
-from pipeline_dalda.loading import ModelArguments
+from pipeline_dalda.arguments import ModelArguments
 from pipeline_dalda.prompts import PromptArguments, generate_prompt_bank
 from pipeline_dalda.testing import IP_ADAPTER_WEIGHT_NAME, save_tiny_models
 
-from .augment import AugmentArguments, augment_dataset
+from .arguments import AugmentArguments, DemoArguments, SourceArguments
+from .augment import augment_dataset
+from .evaluation.arguments import EvaluateArguments
 from .evaluation.report import report_summary
-from .evaluation.run import EvaluateArguments, evaluate_augmented_dataset
-from .source import SourceArguments
+from .evaluation.run import evaluate_augmented_dataset
 
 
 logger = logging.getLogger(__name__)
 
 DEMO_CLASSES = ("circle", "square", "triangle")
-
-
-@dataclass
-class DemoArguments:
-    output_dir: str = field(default="dalda-demo", metadata={"help": "Where the demo writes everything."})
-    images_per_class: int = field(default=2, metadata={"help": "Real images per class (n)."})
-    test_images_per_class: int = field(
-        default=6, metadata={"help": "Further images per class, left unselected: the evaluation's test set."}
-    )
-    num_prompts: int = field(default=3, metadata={"help": "Synthetic images per real image (M)."})
 
 
 def draw_demo_dataset(folder: Path, images_per_class: int, seed: int = 0) -> Path:

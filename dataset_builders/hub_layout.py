@@ -8,10 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import datasets
-import yaml
-from huggingface_hub import HfApi
 
 from pipeline_dalda.atomic import atomic_output, write_json_atomically
+from pipeline_dalda.publish import push_folder
 
 
 WORK_DIR = ".dalda"
@@ -32,15 +31,25 @@ _PATH_SETTINGS = {
 """The settings that name a file, a folder or a Hub id."""
 
 
-def write_run_record(output_dir: str | os.PathLike, settings: dict[str, Any]) -> None:
-    """Writes [`RUN_RECORD`]: the run's settings, each local path among them replaced by `./<its name>`."""
+LOCAL_PREFIX = "./"
+"""What a published setting starts with when it was a local path; a Hub id never does."""
+
+
+def public_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """The run's settings as they may be published (in [`RUN_RECORD`] and the dataset card): each local path among
+    them replaced by `./<its name>`, Hub ids and everything else as they are."""
     public = {section: dict(values) for section, values in settings.items()}
     for section, names in _PATH_SETTINGS.items():
         for name in names:
             value = public.get(section, {}).get(name)
             if isinstance(value, str) and value and os.path.exists(value):
-                public[section][name] = f"./{Path(value).resolve().name}"
-    write_json_atomically(Path(output_dir, RUN_RECORD), public)
+                public[section][name] = f"{LOCAL_PREFIX}{Path(value).resolve().name}"
+    return public
+
+
+def write_run_record(output_dir: str | os.PathLike, settings: dict[str, Any]) -> None:
+    """Writes [`RUN_RECORD`]: the run's [`public_settings`]."""
+    write_json_atomically(Path(output_dir, RUN_RECORD), public_settings(settings))
 
 
 def read_run_record(output_dir: str | os.PathLike) -> dict[str, Any] | None:
@@ -77,29 +86,6 @@ def write_shard(shard: datasets.Dataset, path: Path, output_dir: str | os.PathLi
         shard.to_parquet(str(temporary))
 
 
-def write_card(
-    output_dir: str | os.PathLike, features: datasets.Features, num_rows: int, header: dict[str, Any], body: str
-) -> None:
-    """Writes `README.md`: `header` plus the features, the train split and its data files, then `body`."""
-    info = datasets.DatasetInfo(
-        features=features, splits=datasets.SplitDict.from_split_dict([{"name": "train", "num_examples": num_rows}])
-    )
-    metadata = {
-        **header,
-        "dataset_info": info._to_yaml_dict(),
-        "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}],
-    }
-    card = "---\n" + yaml.safe_dump(metadata, allow_unicode=True, sort_keys=False) + "---\n\n" + body
-    with atomic_output(Path(output_dir, "README.md")) as temporary:
-        temporary.write_text(card, encoding="utf-8")
-
-
 def push_to_hub(output_dir: str | os.PathLike, repo_id: str, private: bool = False) -> str:
-    """Uploads the dataset folder (not its `.dalda` bookkeeping) to a Hub dataset repo; the token comes from the
-    environment (`HF_TOKEN`) or the local login, never from an argument that could be logged."""
-    api = HfApi()
-    api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-    commit = api.upload_folder(
-        repo_id=repo_id, repo_type="dataset", folder_path=str(output_dir), ignore_patterns=[f"{WORK_DIR}/**"]
-    )
-    return commit.commit_url
+    """Uploads the dataset folder (not its `.dalda` bookkeeping) to a Hub dataset repo; returns the commit's URL."""
+    return push_folder(output_dir, repo_id, repo_type="dataset", private=private, ignore_patterns=[f"{WORK_DIR}/**"])

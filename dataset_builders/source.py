@@ -1,23 +1,32 @@
 """The source dataset: any image-classification split `datasets` can read, its class names, and the few-shot
 selection of real images."""
 
-import io
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import datasets
 import numpy as np
-import PIL.Image
-import PIL.ImageOps
 
-from pipeline_dalda import to_rgb
+from .arguments import ClassListArguments, SourceArguments
+
+
+def looks_local(path: str) -> bool:
+    """Whether `path` names a local file or folder rather than a Hub id (which is `name` or `org/name`)."""
+    return os.path.exists(path) or path.startswith(("/", "./", "../", "~")) or path.count("/") > 1 or "\\" in path
+
+
+def check_dataset_exists(path: str) -> None:
+    """Fails at once, naming `path`, when it is meant as a local dataset folder and is not one."""
+    if looks_local(path) and not os.path.isdir(path):
+        what = "a file, not a dataset folder" if os.path.exists(path) else "not there"
+        raise ValueError(f"The dataset {path!r} is {what}; give a local dataset folder or a Hub dataset id.")
 
 
 def load_split(path: str, config: str | None, revision: str | None, split: str) -> datasets.Dataset:
     """One split of a Hub dataset or of a local folder (imagefolder, parquet, or a `save_to_disk` folder)."""
+    check_dataset_exists(path)
     if os.path.isdir(path) and (Path(path, "dataset_info.json").exists() or Path(path, "dataset_dict.json").exists()):
         loaded = datasets.load_from_disk(path)
         if isinstance(loaded, datasets.DatasetDict):
@@ -26,26 +35,6 @@ def load_split(path: str, config: str | None, revision: str | None, split: str) 
             loaded = loaded[split]
         return loaded
     return datasets.load_dataset(path, config, split=split, revision=revision)
-
-
-@dataclass
-class ClassListArguments:
-    """Where the class names come from: a dataset (Hub id or local path) or a file."""
-
-    dataset: str | None = field(
-        default=None, metadata={"help": "A Hub dataset id, or a local folder (imagefolder, parquet, save_to_disk)."}
-    )
-    dataset_config: str | None = field(default=None, metadata={"help": "The dataset's configuration name."})
-    dataset_revision: str | None = field(default=None, metadata={"help": "A branch, tag or commit of a Hub dataset."})
-    split: str = field(default="train", metadata={"help": "The split to read the label column from."})
-    label_column: str = field(default="label", metadata={"help": "The ClassLabel column."})
-    class_names_file: str | None = field(
-        default=None, metadata={"help": "Instead of a dataset: one name per line, or a JSON list of names."}
-    )
-
-    def __post_init__(self):
-        if (self.dataset is None) == (self.class_names_file is None):
-            raise ValueError("Give exactly one of `dataset` and `class_names_file`.")
 
 
 def _names_from_file(path: str) -> list[str]:
@@ -60,6 +49,7 @@ def _names_from_file(path: str) -> list[str]:
 
 
 def _load_features(args: ClassListArguments) -> datasets.Features:
+    check_dataset_exists(args.dataset)
     if not os.path.isdir(args.dataset):
         builder = datasets.load_dataset_builder(args.dataset, args.dataset_config, revision=args.dataset_revision)
         if builder.info.features is not None and args.label_column in builder.info.features:
@@ -85,33 +75,6 @@ def load_class_names(args: ClassListArguments) -> list[str]:
             "column with `label_column` or give `class_names_file`."
         )
     return list(feature.names)
-
-
-@dataclass
-class SourceArguments(ClassListArguments):
-    """The real images: a dataset with an image column and a label column, and how many to take per class."""
-
-    image_column: str = field(default="image", metadata={"help": "The image column."})
-    num_shots: int = field(default=1, metadata={"help": "Real images per class (n)."})
-    shot_selection: Literal["random", "paper"] = field(
-        default="random",
-        metadata={
-            "help": "How the n shots are drawn: 'random' (each class its own stream), or 'paper' (the paper's split "
-            "protocol: the first n of the first half of each class's permutation, so `dalda evaluate` can test on "
-            "the second half)."
-        },
-    )
-    allow_fewer_shots: bool = field(
-        default=False, metadata={"help": "Take every image of a class that has fewer than n, instead of failing."}
-    )
-
-    def __post_init__(self):
-        if self.dataset is None:
-            raise ValueError("`dataset` is required: a Hub dataset id or a local folder.")
-        if self.num_shots < 1:
-            raise ValueError(f"`num_shots` must be >= 1, got {self.num_shots}.")
-        if self.shot_selection not in ("random", "paper"):
-            raise ValueError(f"`shot_selection` must be 'random' or 'paper', got {self.shot_selection!r}.")
 
 
 @dataclass
@@ -219,19 +182,3 @@ def select_few_shot(
             rng = np.random.default_rng([seed, label])
             selected += sorted(rng.permutation(candidates)[:num_shots].tolist())
     return selected
-
-
-class BadImage(ValueError):
-    """A real image that cannot be used; the message says why."""
-
-
-def decode_real_image(value: dict) -> PIL.Image.Image:
-    """Decodes an undecoded `datasets` image (bytes or path) to upright 8-bit RGB, or raises `BadImage`."""
-    try:
-        source = io.BytesIO(value["bytes"]) if value.get("bytes") is not None else value["path"]
-        with PIL.Image.open(source) as image:
-            image.load()
-            upright = PIL.ImageOps.exif_transpose(image)
-            return to_rgb(upright)
-    except (OSError, SyntaxError, ValueError, TypeError, PIL.Image.DecompressionBombError) as error:
-        raise BadImage(f"cannot decode the image: {type(error).__name__}: {error}") from error

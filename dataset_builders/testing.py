@@ -47,10 +47,10 @@ def augment_run_settings(
 ) -> dict[str, Any]:
     """The run record `dalda augment` keeps for a base-prompt run on `source` with the default models and AGS."""
     from pipeline_dalda import AdaptiveGuidanceScaling
-    from pipeline_dalda.loading import ModelArguments
+    from pipeline_dalda.arguments import ModelArguments
 
-    from .augment import AugmentArguments, run_settings
-    from .source import SourceArguments
+    from .arguments import AugmentArguments, SourceArguments
+    from .augment import run_settings
 
     source_args = SourceArguments(dataset=str(source), split=split, num_shots=num_shots, shot_selection=shot_selection)
     args = AugmentArguments(output_dir=".", base_prompt=True, seed=seed)

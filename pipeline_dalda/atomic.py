@@ -1,12 +1,36 @@
-"""Atomic file writes: a file is either absent, its old self, or complete — never half written — even if the
-process is killed midway."""
+"""Writing outputs safely: an output folder checked before any work starts, and atomic file writes — a file is
+either absent, its old self, or complete, never half written, even if the process is killed midway."""
 
 import json
 import os
+import tempfile
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+
+
+def create_output_dir(path: str | os.PathLike, option: str = "output_dir") -> Path:
+    """Creates the folder a command writes to, or fails at once — before any model is loaded — with an error naming
+    the folder (as the option `option`) and what to do.
+
+    Raises:
+        ValueError: `path` is a file, lies under a file, or cannot be created or written to.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"`{option}` {str(path)!r} is a file, not a folder; name a folder to write into.")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):  # can files be written there?
+            pass
+    except OSError as error:
+        reason = error.strerror or str(error)
+        if error.filename and os.fspath(error.filename) != os.fspath(path):
+            reason += f" at {str(error.filename)!r}"
+        message = f"Cannot write to `{option}` {str(path)!r} ({reason}); name a folder you can write to."
+        raise ValueError(message) from error
+    return path
 
 
 @contextmanager

@@ -1,23 +1,40 @@
 """The `dalda` command line: one subcommand per job, options from dataclasses (`HfArgumentParser`).
 
-Every subcommand also reads its options from a JSON or YAML file: `dalda generate config.yaml`.
+Every subcommand also reads its options from a JSON or YAML file: `dalda generate config.yaml`. The option
+dataclasses live in light modules (`arguments.py`), and a command imports torch, diffusers or datasets only once its
+options are parsed, so `--help` answers at once.
+
+An expected failure (a bad option, a missing dataset, a folder that cannot be written, a refused request) ends in one
+line naming the input and what to do, and a non-zero exit; `--debug` (or `DALDA_DEBUG=1`) shows the traceback.
 """
 
+import argparse
+import copy
 import json
 import logging
+import os
 import sys
-from dataclasses import asdict, dataclass, field
-from typing import Callable, Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Callable, Sequence, get_type_hints
 
 from transformers import HfArgumentParser
 
+from .arguments import (
+    DEPRECATED_OPTIONS,
+    AGSArguments,
+    GenerateArguments,
+    LLMSettings,
+    ModelArguments,
+    PipelineRepoArguments,
+    PromptArguments,
+    TinyModelsArguments,
+)
 
-@dataclass
-class TinyModelsArguments:
-    """Where `dalda tiny-models` writes the offline model kit."""
 
-    output_dir: str = field(metadata={"help": "The kit's folder."})
-    seed: int = 0
+logger = logging.getLogger("dalda")
+
+DEBUG_FLAG = "--debug"
+DEBUG_VARIABLE = "DALDA_DEBUG"
 
 
 def tiny_models(args: TinyModelsArguments) -> None:
@@ -29,19 +46,22 @@ def tiny_models(args: TinyModelsArguments) -> None:
 
 
 def _generate_command():
-    from .generation import GenerateArguments, generate
-    from .loading import ModelArguments
-    from .pipeline import AdaptiveGuidanceScaling
+    def generate(model_args: ModelArguments, args: GenerateArguments, ags: AGSArguments) -> None:
+        from .generation import generate
 
-    return (ModelArguments, GenerateArguments, AdaptiveGuidanceScaling), generate
+        generate(model_args, args, ags.to_ags())
+
+    return (ModelArguments, GenerateArguments, AGSArguments), generate
 
 
 def _prompts_command():
-    from dataset_builders.source import ClassListArguments, load_class_names
-
-    from .prompts import LLMSettings, PromptArguments, PromptRequestError, generate_prompt_bank
+    from dataset_builders.arguments import ClassListArguments
 
     def prompts(args: PromptArguments, class_list: ClassListArguments, llm: LLMSettings) -> None:
+        from dataset_builders.source import load_class_names
+
+        from .prompts import PromptRequestError, generate_prompt_bank
+
         try:
             generate_prompt_bank(args, load_class_names(class_list), llm)
         except PromptRequestError as error:
@@ -51,24 +71,23 @@ def _prompts_command():
 
 
 def _augment_command():
-    from dataset_builders.augment import AugmentArguments, augment_dataset
-    from dataset_builders.source import SourceArguments
+    from dataset_builders.arguments import AugmentArguments, SourceArguments
 
-    from .loading import ModelArguments
-    from .pipeline import AdaptiveGuidanceScaling
+    def augment(model_args: ModelArguments, source_args, args, ags: AGSArguments) -> None:
+        from dataset_builders.augment import augment_dataset
 
-    def augment(model_args, source_args, args, ags) -> None:
-        augment_dataset(source_args, args, model_args, ags)
+        augment_dataset(source_args, args, model_args, ags.to_ags())
 
-    return (ModelArguments, SourceArguments, AugmentArguments, AdaptiveGuidanceScaling), augment
+    return (ModelArguments, SourceArguments, AugmentArguments, AGSArguments), augment
 
 
 def _evaluate_command():
-    from dataset_builders.evaluation.diversity import DiversityArguments
-    from dataset_builders.evaluation.report import report_summary
-    from dataset_builders.evaluation.run import EvaluateArguments, evaluate_augmented_dataset
+    from dataset_builders.evaluation.arguments import DiversityArguments, EvaluateArguments
 
     def evaluate(args: EvaluateArguments, diversity_args: DiversityArguments) -> None:
+        from dataset_builders.evaluation.report import report_summary
+        from dataset_builders.evaluation.run import evaluate_augmented_dataset
+
         evaluate_augmented_dataset(args, diversity_args)
         print(report_summary(args.output_dir))
 
@@ -76,15 +95,31 @@ def _evaluate_command():
 
 
 def _compare_command():
-    from dataset_builders.evaluation.report import CompareArguments, compare_runs
+    from dataset_builders.evaluation.arguments import CompareArguments
 
-    return (CompareArguments,), lambda args: print(compare_runs(args))
+    def compare(args: CompareArguments) -> None:
+        from dataset_builders.evaluation.report import compare_runs
+
+        print(compare_runs(args))
+
+    return (CompareArguments,), compare
 
 
 def _demo_command():
-    from dataset_builders.demo import DemoArguments, run_demo
+    from dataset_builders.arguments import DemoArguments
 
-    return (DemoArguments,), run_demo
+    def demo(args: DemoArguments) -> None:
+        from dataset_builders.demo import run_demo
+
+        run_demo(args)
+
+    return (DemoArguments,), demo
+
+
+def _pipeline_repo_command():
+    from .publish import publish_pipeline
+
+    return (PipelineRepoArguments,), publish_pipeline
 
 
 def _tiny_models_command():
@@ -95,7 +130,7 @@ def _tiny_models_command():
 class Command:
     help: str
     load: Callable[[], tuple[tuple[type, ...], Callable[..., None]]]
-    """Imports what the command needs (only then), returning its option dataclasses and the function to run."""
+    """Returns the command's option dataclasses and the function to run (which imports what it needs)."""
 
 
 COMMANDS = {
@@ -114,20 +149,144 @@ COMMANDS = {
     ),
     "prompts": Command("Write M scene sentences per class (LLM, templates or a file) as a prompt bank.", _prompts_command),
     "generate": Command("Generate images from real images and prompts with DALDAPipeline.", _generate_command),
+    "pipeline-repo": Command(
+        "Write (and push) a Hub pipeline repository that loads with `custom_pipeline=`.", _pipeline_repo_command
+    ),
     "tiny-models": Command(
         "Write tiny random models in the real layouts, for offline tests and demos.", _tiny_models_command
     ),
 }
 
 
+GROUPS = {
+    "data": "The source dataset and the few-shot selection of real images.",
+    "prompts": "What each synthetic image is prompted with.",
+    "LLM": "The OpenAI-compatible chat server that writes the sentences (the 'openai' backend).",
+    "AGS": "Adaptive Guidance Scaling: how each synthetic image's IP-Adapter weight λ is drawn from its real image's "
+    "CLIPScore (the README's 'Which AGS mode' says which to use).",
+    "sampling": "How each image is denoised.",
+    "output": "Where the result goes.",
+    "models": "Hub ids or local folders of the models.",
+}
+"""Option headings of `--help`, in the order shown (a command shows those it has), with what each holds."""
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option once (not also in its hyphenated spelling) and its default only where it says something:
+    not for required options, nor `None`."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.required or action.default is None:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        shown = copy.copy(action)
+        shown.option_strings = [
+            option for option in action.option_strings if not option.startswith("--") or "-" not in option[2:]
+        ] or action.option_strings
+        return super()._format_action_invocation(shown)
+
+
+class DaldaArgumentParser(HfArgumentParser):
+    """`HfArgumentParser`, with each option under the heading its dataclass's `_option_groups` (or, for all its
+    options, `_argument_group_name`) names, in the order of [`GROUPS`], and defaults shown only where they say
+    something."""
+
+    def __init__(self, dataclass_types, **kwargs):
+        self._groups: dict[str, argparse._ArgumentGroup] = {}
+        super().__init__(dataclass_types, formatter_class=_HelpFormatter, **kwargs)
+        # argparse has no public way to drop a heading: the groups this command left empty are removed here.
+        empty = [group for group in self._groups.values() if not group._group_actions]
+        self._action_groups = [group for group in self._action_groups if group not in empty]
+
+    def _group(self, title: str | None) -> argparse.ArgumentParser | argparse._ArgumentGroup:
+        if title is None:
+            return self
+        if not self._groups:  # every heading at once, so that they show in order
+            self._groups = {name: self.add_argument_group(name, description) for name, description in GROUPS.items()}
+        if title not in self._groups:
+            raise ValueError(f"Unknown option group {title!r}; add it to `GROUPS`.")
+        return self._groups[title]
+
+    def _add_dataclass_arguments(self, dtype) -> None:
+        group_of = {name: group for group, names in getattr(dtype, "_option_groups", {}).items() for name in names}
+        default_group = getattr(dtype, "_argument_group_name", None)
+        type_hints = get_type_hints(dtype)
+        for field in fields(dtype):
+            if not field.init:
+                continue
+            field = copy.copy(field)  # the dataclass's own field keeps its type
+            field.type = type_hints[field.name]
+            self._parse_dataclass_field(self._group(group_of.get(field.name, default_group)), field)
+
+
+def _renamed_options(options: list[str]) -> list[str]:
+    """`options` with every deprecated option name replaced by its new name, with a warning for each."""
+    renamed = []
+    for option in options:
+        name, equals, value = option.partition("=")
+        old = name[2:] if name.startswith("--") else None
+        if old in DEPRECATED_OPTIONS:
+            logger.warning("--%s is deprecated; use --%s.", old, DEPRECATED_OPTIONS[old])
+            option = f"--{DEPRECATED_OPTIONS[old]}{equals}{value}"
+        renamed.append(option)
+    return renamed
+
+
+def _renamed_keys(config: dict[str, Any], path: str) -> dict[str, Any]:
+    """A config file's options with every deprecated key replaced by its new name, with a warning for each."""
+    renamed = {}
+    for key, value in config.items():
+        if key in DEPRECATED_OPTIONS:
+            logger.warning("%s: `%s` is deprecated; use `%s`.", path, key, DEPRECATED_OPTIONS[key])
+            key = DEPRECATED_OPTIONS[key]
+        renamed[key] = value
+    return renamed
+
+
+def _read_config(path: str) -> dict[str, Any]:
+    """The options of a JSON or YAML config file."""
+    import yaml
+
+    with open(path, encoding="utf-8") as file:
+        config = json.load(file) if path.endswith(".json") else yaml.safe_load(file)
+    if not isinstance(config, dict):
+        raise ValueError(f"{path!r} must hold a mapping of option names to values.")
+    return _renamed_keys(config, path)
+
+
+def parse_options(name: str, options: list[str]) -> tuple[tuple[Any, ...], Callable[..., None]]:
+    """The parsed option dataclasses of command `name`, and the function that runs it."""
+    arguments, run = COMMANDS[name].load()
+    parser = DaldaArgumentParser(
+        arguments,
+        prog=f"dalda {name}",
+        usage=f"dalda {name} [options] | dalda {name} config.yaml",
+        description=COMMANDS[name].help,
+    )
+    if len(options) == 1 and options[0].endswith((".json", ".yaml", ".yml")):
+        return parser.parse_dict(_read_config(options[0])), run
+    return parser.parse_args_into_dataclasses(_renamed_options(options)), run
+
+
 def _usage() -> str:
-    lines = ["usage: dalda <command> [options | config.json | config.yaml]", "", "commands:"]
-    lines += [f"  {name:<14}{command.help}" for name, command in COMMANDS.items()]
+    lines = ["usage: dalda <command> [options | config.json | config.yaml] [--debug]", "", "commands:"]
+    lines += [f"  {name:<15}{command.help}" for name, command in COMMANDS.items()]
     return "\n".join(lines + ["", "`dalda <command> --help` lists a command's options."])
+
+
+def _one_line(error: BaseException) -> str:
+    """An expected failure as one line: the message, or an OS error's reason and the file it names."""
+    if isinstance(error, OSError) and error.strerror and error.filename:
+        return f"{error.strerror}: {str(error.filename)!r}"
+    return str(error).strip().replace("\n", " ")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = DEBUG_FLAG in argv or os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")
+    argv = [option for option in argv if option != DEBUG_FLAG]
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return
@@ -135,18 +294,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     if name not in COMMANDS:
         raise SystemExit(f"dalda: unknown command {name!r}\n\n{_usage()}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    arguments, run = COMMANDS[name].load()
-    parser = HfArgumentParser(arguments, prog=f"dalda {name}", description=COMMANDS[name].help)
     try:
-        if len(options) == 1 and options[0].endswith(".json"):
-            parsed = parser.parse_json_file(options[0])
-        elif len(options) == 1 and options[0].endswith((".yaml", ".yml")):
-            parsed = parser.parse_yaml_file(options[0])
-        else:
-            parsed = parser.parse_args_into_dataclasses(options)
+        parsed, run = parse_options(name, options)
         run(*parsed)
-    except ValueError as error:
-        raise SystemExit(f"dalda {name}: {error}") from error
+    except (ValueError, OSError) as error:
+        if debug:
+            raise
+        raise SystemExit(f"dalda {name}: {_one_line(error)} ({DEBUG_FLAG} shows the traceback)") from error
+    except KeyboardInterrupt:
+        raise SystemExit(f"dalda {name}: interrupted; what was finished is kept, run the same command to go on.")
 
 
 if __name__ == "__main__":

@@ -69,6 +69,15 @@ AGS_MODES = ("truncnorm", "reference", "random", "fixed")
 _IP_ADAPTER_PROCESSORS = (IPAdapterAttnProcessor, IPAdapterAttnProcessor2_0, IPAdapterXFormersAttnProcessor)
 
 
+def class_prompt(class_name: str, template: str = CLASS_PROMPT_TEMPLATE) -> str:
+    """The prompt that names a class, with the class name as it reads in a sentence: `golden_retriever` → "a photo
+    of a golden retriever". Hub datasets often spell labels in snake_case; CLIP scores the words, not the label.
+
+    (The same reading as `pipeline_dalda.prompts.matching.display_name`; this file imports no dalda code.)
+    """
+    return template.format(" ".join(class_name.replace("_", " ").split()))
+
+
 def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
     """Returns `image` as 8-bit RGB, whatever mode it arrived in.
 
@@ -206,7 +215,8 @@ class AdaptiveGuidanceScaling:
 
 class CLIPScorer:
     r"""
-    Scores how well each image matches its class name ("a photo of a {class}") with a CLIP model.
+    Scores how well each image matches its class name ("a photo of a {class}", see [`class_prompt`]) with a CLIP
+    model. Images are scored as given: the CLIP image processor resizes and crops them itself.
 
     Args:
         model ([`~transformers.CLIPModel`]): the scoring model, e.g. `openai/clip-vit-base-patch16`.
@@ -254,7 +264,7 @@ class CLIPScorer:
         if not class_names:
             raise ValueError("`class_names` is empty; CLIPScore needs the dataset's classes.")
         if class_names != self._cached_classes:
-            prompts = [self.prompt_template.format(name) for name in class_names]
+            prompts = [class_prompt(name, self.prompt_template) for name in class_names]
             chunks = []
             for start in range(0, len(prompts), batch_size):
                 tokens = self.processor.tokenizer(
@@ -445,9 +455,13 @@ def item_ip_adapter_scales(
     clip_scores: np.ndarray | None,
     ags: AdaptiveGuidanceScaling,
     num_shots: int,
-    ags_generator: np.random.Generator | int | None,
+    ags_generator: np.random.Generator | int | Sequence[np.random.Generator] | None,
 ) -> np.ndarray:
-    """Each item's λ: the caller's, or sampled with AGS from the items' CLIPScores."""
+    """Each item's λ: the caller's, or sampled with AGS from the items' CLIPScores.
+
+    `ags_generator` is one generator (or seed) for the batch, or one generator per item; with one per item, an
+    item's λ does not depend on the other items of its batch.
+    """
     if ip_adapter_scale is None:
         if clip_scores is None and ags.mode in ("truncnorm", "reference"):
             raise ValueError(
@@ -455,6 +469,12 @@ def item_ip_adapter_scales(
                 "`class_names`, `class_labels` and a pipeline holding `clip_model` and `clip_processor`."
             )
         scores = clip_scores if clip_scores is not None else np.zeros(num_items)
+        if isinstance(ags_generator, (list, tuple)):
+            if len(ags_generator) != num_items:
+                raise ValueError(f"`ags_generator` has {len(ags_generator)} generators for {num_items} items.")
+            return np.array(
+                [ags.sample([score], num_shots, generator)[0] for score, generator in zip(scores, ags_generator)]
+            )
         return ags.sample(scores, num_shots=num_shots, generator=ags_generator)
     scales = np.asarray(ip_adapter_scale, dtype=np.float64).reshape(-1)
     if scales.size not in (1, num_items):
@@ -562,10 +582,25 @@ class DALDAPipeline(StableDiffusionPipeline):
         self._scorer = CLIPScorer(self.clip_model, self.clip_processor, mode=mode)
         return self._scorer
 
+    @property
+    def generation_size(self) -> int:
+        """The side of the square images the UNet generates by default (512 for Stable Diffusion 1.x)."""
+        return self.unet.config.sample_size * self.vae_scale_factor
+
+    def resize_to_generation_size(self, image: PIL.Image.Image) -> PIL.Image.Image:
+        """`image` squashed to the generation size (bilinear), as DALDA's released code prepares a real image.
+
+        Squashing, not cropping: the IP-Adapter's image processor then center-crops a square, which would cut the
+        sides off a wide photo that had kept its shape.
+        """
+        return to_rgb(image).resize((self.generation_size, self.generation_size), PIL.Image.BILINEAR)
+
     @torch.no_grad()
     def encode_ip_adapter_images(self, images: Sequence[PIL.Image.Image]) -> list[torch.Tensor]:
         """
         Encodes real images for the loaded IP-Adapter(s), so an image reused by many items is encoded once.
+
+        Each image is first resized to the generation size ([`~DALDAPipeline.resize_to_generation_size`]).
 
         Returns:
             One tensor per IP-Adapter, of shape `(len(images), 1, ...)`; index it to build a batch and pass it as
@@ -573,7 +608,8 @@ class DALDAPipeline(StableDiffusionPipeline):
         """
         if self.image_encoder is None:
             raise ValueError("No IP-Adapter image encoder is loaded; call `pipe.load_ip_adapter(...)` first.")
-        pixel_values = self.feature_extractor([to_rgb(image) for image in images], return_tensors="pt").pixel_values
+        resized = [self.resize_to_generation_size(image) for image in images]
+        pixel_values = self.feature_extractor(resized, return_tensors="pt").pixel_values
         return [
             self._encode_ip_adapter_pixels(pixel_values, projection)[:, None]
             for projection in self._ip_adapter_projections()
@@ -657,7 +693,7 @@ class DALDAPipeline(StableDiffusionPipeline):
         clip_score_mode: str = "probability",
         ags: AdaptiveGuidanceScaling | None = None,
         num_shots: int = 1,
-        ags_generator: np.random.Generator | int | None = None,
+        ags_generator: np.random.Generator | int | list[np.random.Generator] | None = None,
         prompt_prefix: str = DEFAULT_PROMPT_PREFIX,
         negative_prompt: str | list[str] | None = DEFAULT_NEGATIVE_PROMPT,
         height: int | None = None,
@@ -679,7 +715,8 @@ class DALDAPipeline(StableDiffusionPipeline):
         Args:
             prompt (`str` or `list[str]`): the text prompt of each item (a single string is one item).
             ip_adapter_image (`PIL.Image.Image` or `list[PIL.Image.Image]`, *optional*):
-                each item's real image, the IP-Adapter image prompt (any PIL mode).
+                each item's real image, the IP-Adapter image prompt (any PIL mode, any size). CLIPScore scores it as
+                given; the IP-Adapter encodes it resized to the generation size, as DALDA's released code does.
             ip_adapter_image_embeds (`list[torch.Tensor]`, *optional*):
                 instead of `ip_adapter_image`, embeddings from [`~DALDAPipeline.encode_ip_adapter_images`], one
                 tensor per IP-Adapter with one row per item.
@@ -692,7 +729,9 @@ class DALDAPipeline(StableDiffusionPipeline):
             clip_score_mode (`str`, defaults to `"probability"`): `"probability"` or `"cosine"`, see [`CLIPScorer`].
             ags ([`AdaptiveGuidanceScaling`], *optional*): the AGS settings; the paper's defaults if not given.
             num_shots (`int`, defaults to 1): real examples per class (n), which sets AGS's σ.
-            ags_generator (`np.random.Generator` or `int`, *optional*): seed or generator for sampling λ.
+            ags_generator (`np.random.Generator`, `int` or `list[np.random.Generator]`, *optional*):
+                seed or generator for sampling λ, or one generator per item (as `generator` may hold one per image),
+                so that an item's λ does not depend on the rest of its batch.
             prompt_prefix (`str`, defaults to `"best quality, high quality, "`): put before every prompt.
             negative_prompt (`str` or `list[str]`, defaults to DALDA's negative prompt).
             height, width, num_inference_steps, guidance_scale, num_images_per_prompt, generator, latents,

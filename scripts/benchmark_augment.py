@@ -18,10 +18,13 @@ import PIL.Image
 import torch
 from tqdm.auto import tqdm
 
-from dataset_builders.augment import AugmentArguments, DatasetAugmenter, class_prompts, score_real_images
-from dataset_builders.source import SourceArguments, decode_real_image, load_real_images
+from dataset_builders.arguments import AugmentArguments, SourceArguments
+from dataset_builders.augment import DatasetAugmenter, class_prompts, score_real_images
+from dataset_builders.source import load_real_images
 from pipeline_dalda import AdaptiveGuidanceScaling
-from pipeline_dalda.loading import ModelArguments, load_dalda_pipeline
+from pipeline_dalda.arguments import ModelArguments
+from pipeline_dalda.images import load_image
+from pipeline_dalda.loading import load_dalda_pipeline
 from pipeline_dalda.prompts import PromptArguments, generate_prompt_bank
 from pipeline_dalda.testing import IP_ADAPTER_WEIGHT_NAME, save_tiny_models
 
@@ -80,15 +83,14 @@ def main():
         batched_seconds = time.perf_counter() - start
         batched_peak = peak_memory_mib(device)
 
-        size = pipe.unet.config.sample_size * pipe.vae_scale_factor
         synthetic = [i for i, is_synthetic in enumerate(batched_rows["is_synthetic"]) if is_synthetic]
         start = time.perf_counter()
         for i in synthetic:
             source_index = batched_rows["source_index"][i]
-            real_image = decode_real_image(rows["image"][source_index])
+            real_image = load_image(rows["image"][source_index])
             image = pipe(
                 batched_rows["prompt"][i],
-                ip_adapter_image=real_image.resize((size, size), PIL.Image.BILINEAR),
+                ip_adapter_image=real_image,
                 ip_adapter_scale=batched_rows["ip_adapter_scale"][i],
                 prompt_prefix=augment.prompt_prefix,
                 num_inference_steps=args.steps,

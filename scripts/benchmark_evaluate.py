@@ -113,7 +113,8 @@ def run_child(arguments: dict) -> dict:
 
 
 def child(arguments: dict) -> None:
-    from dataset_builders.evaluation.run import EvaluateArguments, evaluate_augmented_dataset
+    from dataset_builders.evaluation.arguments import EvaluateArguments
+    from dataset_builders.evaluation.run import evaluate_augmented_dataset
 
     device = arguments.get("device", "cpu")
     if device.startswith("cuda"):

@@ -1,8 +1,8 @@
 """A real HTTP server on loopback that speaks OpenAI's Chat Completions protocol, for the prompt-generation tests.
 
-By default it answers like a well-behaved LLM: for every class asked, the requested number of sentences naming it.
-Tests queue faults (HTTP errors, bad content, altered answers) that the next requests get instead, and read back
-every request it received.
+By default it answers like a well-behaved LLM: for every class asked, the requested number of sentences naming it;
+a test can give it another `model` that reads the request. Tests queue faults (HTTP errors, bad content, altered
+answers, answers held back) that the next requests get instead, and read back every request it received.
 """
 
 import json
@@ -21,10 +21,23 @@ from .loopback import LoopbackServer, send_json
 WANTED_LINE = re.compile(r"with this shape and these counts: (\{.*\})$", re.MULTILINE)
 
 
+def user_message(body: dict[str, Any]) -> str:
+    """The instructions a request gives the model."""
+    return body["messages"][-1]["content"]
+
+
 def wanted_counts(body: dict[str, Any]) -> dict[str, int]:
     """The classes a request asks for and how many sentences each, read from its instructions."""
-    user_message = body["messages"][-1]["content"]
-    return {name: len(placeholders) for name, placeholders in json.loads(WANTED_LINE.search(user_message)[1]).items()}
+    counts = json.loads(WANTED_LINE.search(user_message(body))[1])
+    return {name: len(placeholders) for name, placeholders in counts.items()}
+
+
+def good_answer(body: dict[str, Any], number: int) -> dict[str, list[str]]:
+    """A well-behaved model's answer to request `number`: the requested count of new sentences per class."""
+    return {
+        name: [f"A {name.replace('_', ' ')} seen in scene {number}-{i}, in soft light." for i in range(count)]
+        for name, count in wanted_counts(body).items()
+    }
 
 
 @dataclass
@@ -36,12 +49,16 @@ class Reply:
     body: str | None = None  # a raw error body for non-200 replies
     delay: float = 0.0  # seconds before answering (longer than the client's time-out: a time-out)
     drop: bool = False  # close the connection without answering (a connection reset)
+    hold: threading.Event | None = None  # answer only once it is set (a request in flight for as long as a test needs)
+
+
+Model = Callable[[dict[str, Any], int], dict[str, list[str]]]  # (request body, request number) -> answer
 
 
 class ChatServer(LoopbackServer):
-    def __init__(self, delay: float = 0.0, reject_json_mode: bool = False):
+    def __init__(self, model: Model = good_answer, reject_json_mode: bool = False):
         super().__init__(self._handler())
-        self.delay = delay
+        self.model = model
         self.reject_json_mode = reject_json_mode
         self.requests: list[dict[str, Any]] = []
         self.faults: deque[Reply] = deque()
@@ -54,19 +71,15 @@ class ChatServer(LoopbackServer):
     def asked_classes(self) -> list[list[str]]:
         return [list(wanted_counts(request["body"])) for request in self.requests]
 
-    def good_answer(self, body: dict[str, Any], number: int) -> dict[str, list[str]]:
-        return {
-            name: [f"A {name.replace('_', ' ')} seen in scene {number}-{i}, in soft light." for i in range(count)]
-            for name, count in wanted_counts(body).items()
-        }
-
     def _reply(self, body: dict[str, Any], headers: dict[str, str]) -> tuple[int, dict[str, str], str]:
         with self._lock:
             number = len(self.requests)
             self.requests.append({"body": body, "headers": headers, "time": time.monotonic()})
             fault = self.faults.popleft() if self.faults else Reply()
-        if self.delay or fault.delay:
-            time.sleep(self.delay + fault.delay)
+        if fault.delay:
+            time.sleep(fault.delay)
+        if fault.hold:
+            fault.hold.wait()
         if fault.drop:
             return 0, {}, ""
         if self.reject_json_mode and "response_format" in body:
@@ -75,7 +88,7 @@ class ChatServer(LoopbackServer):
             return fault.status, fault.headers, fault.body or json.dumps({"error": {"message": "fault", "type": "x"}})
         content = fault.content
         if content is None:
-            answer = self.good_answer(body, number)
+            answer = self.model(body, number)
             content = json.dumps(fault.alter(answer) if fault.alter else answer)
         completion = {
             "id": f"chatcmpl-{number}",

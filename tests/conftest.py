@@ -8,6 +8,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # before any Hugging Face import: nothing ma
 import numpy as np  # noqa: E402
 import PIL.Image  # noqa: E402
 import pytest  # noqa: E402
+import torch  # noqa: E402
 from transformers import CLIPModel, CLIPProcessor  # noqa: E402
 
 from pipeline_dalda import DALDAPipeline  # noqa: E402
@@ -40,3 +41,15 @@ def dalda_pipe(tiny_models):
 def random_images(count, seed=0, size=(48, 40)):
     rng = np.random.default_rng(seed)
     return [PIL.Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)) for _ in range(count)]
+
+
+def generate_two_items(pipe):
+    """Two items at two λ's, seeded: what two loadings of the same pipeline must generate alike."""
+    return pipe(
+        ["a dog", "a cat"],
+        ip_adapter_image=random_images(2, seed=8),
+        ip_adapter_scale=[0.3, 0.7],
+        num_inference_steps=3,
+        generator=[torch.Generator().manual_seed(seed) for seed in (1, 2)],
+        output_type="np",
+    ).images

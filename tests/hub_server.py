@@ -1,5 +1,6 @@
-"""A real HTTP server on loopback that answers the Hugging Face Hub API calls of an `upload_folder`, and keeps
-what it was sent: the repo created, the README validated, and every file committed."""
+"""A real HTTP server on loopback that answers the Hugging Face Hub API calls of a `create_repo` and an
+`upload_folder` (model or dataset repos), and keeps what it was sent: the repos created, the repos committed to,
+and every file committed."""
 
 import base64
 import json
@@ -8,21 +9,36 @@ from http.server import BaseHTTPRequestHandler
 from .loopback import LoopbackServer, send_json
 
 
+SECRET_TOKEN = "hf_dalda_test_SECRET_token_0123456789"
+"""The token the uploads under test authenticate with; it must reach the server and no output."""
+URL_PREFIXES = {"model": "", "dataset": "datasets/", "space": "spaces/"}
+"""Where the Hub's web pages put each repo type, as `huggingface_hub.constants.REPO_TYPES_URL_PREFIXES`."""
+
+
 class HubServer(LoopbackServer):
     def __init__(self):
         super().__init__(self._handler())
         self.created: list[dict] = []
         self.committed: dict[str, bytes] = {}
+        self.commit_repos: list[str] = []
+        """The API path of each repo committed to, e.g. `models/org/name` or `datasets/org/name`."""
         self.authorizations: set[str] = set()
 
     @property
     def url(self) -> str:
         return self.address
 
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment that points `huggingface_hub` in a `dalda` subprocess at this server, with the token."""
+        return {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": self.url, "HF_TOKEN": SECRET_TOKEN}
+
     def _answer(self, method: str, path: str, body: bytes) -> tuple[int, dict]:
         if method == "POST" and path == "/api/repos/create":
             self.created.append(json.loads(body))
-            return 200, {"url": f"{self.url}/datasets/{self.created[-1]['organization']}/{self.created[-1]['name']}"}
+            repo = self.created[-1]
+            prefix = URL_PREFIXES[repo.get("type", "model")]
+            return 200, {"url": f"{self.url}/{prefix}{repo['organization']}/{repo['name']}"}
         if method == "POST" and path == "/api/validate-yaml":
             return 200, {"errors": [], "warnings": []}
         if method == "POST" and "/preupload/" in path:
@@ -33,8 +49,10 @@ class HubServer(LoopbackServer):
                 entry = json.loads(line)
                 if entry["key"] == "file":
                     self.committed[entry["value"]["path"]] = base64.b64decode(entry["value"]["content"])
-            repo = "/".join(path.split("/")[3:5])
-            return 200, {"commitUrl": f"{self.url}/datasets/{repo}/commit/{'a' * 40}", "commitOid": "a" * 40}
+            repo_types, repo = path.split("/")[2], "/".join(path.split("/")[3:5])  # /api/<type>s/<org>/<name>/commit/
+            self.commit_repos.append(f"{repo_types}/{repo}")
+            prefix = URL_PREFIXES[repo_types.removesuffix("s")]
+            return 200, {"commitUrl": f"{self.url}/{prefix}{repo}/commit/{'a' * 40}", "commitOid": "a" * 40}
         return 404, {"error": "not found"}
 
     def _handler(self):

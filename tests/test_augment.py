@@ -13,19 +13,21 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from dataset_builders.augment import AugmentArguments, augment_dataset, image_seed
-from dataset_builders.source import SourceArguments, select_few_shot
+from dataset_builders.arguments import AugmentArguments, SourceArguments
+from dataset_builders.augment import augment_dataset
+from dataset_builders.source import select_few_shot
 from pipeline_dalda import AdaptiveGuidanceScaling
-from pipeline_dalda.loading import ModelArguments
+from pipeline_dalda.arguments import ModelArguments
 from pipeline_dalda.prompts import PromptArguments, generate_prompt_bank
+from pipeline_dalda.seeding import item_seed
 from pipeline_dalda.testing import IP_ADAPTER_WEIGHT_NAME
 
 from .conftest import random_images
 from .helpers import dalda_command, kill_midway, run_dalda
-from .hub_server import HubServer
+from .hub_server import SECRET_TOKEN, HubServer
+
 
 CLASSES = ["pug", "beagle", "persian cat"]
-SECRET_TOKEN = "hf_dalda_test_SECRET_token_0123456789"
 
 
 def model_args(tiny_models) -> ModelArguments:
@@ -118,7 +120,7 @@ def test_output_loads_with_load_dataset_as_from_the_hub(augmented, pets):
         assert row["label"] == source_row["label"]
         assert row["image"].size == source_row["image"].size
         assert row["prompt"] in bank[CLASSES[row["label"]]][:2]
-        assert row["seed"] in {image_seed(0, row["source_index"], j) for j in range(2)}
+        assert row["seed"] in {item_seed(0, row["source_index"], j) for j in range(2)}
         assert 0.1 <= row["ip_adapter_scale"] <= 0.9 and 0 < row["clip_score"] < 1
     for row in real:
         assert np.array_equal(np.asarray(row["image"]), np.asarray(source[row["source_index"]]["image"]))
@@ -128,7 +130,7 @@ def test_card_says_how_it_was_made_and_holds_no_secret(augmented, tiny_models):
     output, summary = augmented
     card = (output / "README.md").read_text()
     for fact in (
-        str(tiny_models.stable_diffusion), str(tiny_models.ip_adapter), IP_ADAPTER_WEIGHT_NAME,
+        f"`./{tiny_models.stable_diffusion.name}`", f"`./{tiny_models.ip_adapter.name}`", IP_ADAPTER_WEIGHT_NAME,
         "real images per class (n) | 2", "synthetic images per real image (M) | 2", "mode `truncnorm`",
         "backend `template`", "18 rows", "6 real images", "12 synthetic", "| λ (synthetic images) |",
         f"| {summary['ip_adapter_scale']['mean']} |", "CreativeML OpenRAIL-M", "arXiv:2409.16949",
@@ -282,6 +284,7 @@ def test_bad_inputs_are_skipped_and_reported(tiny_models, tmp_path):
     card = (tmp_path / "out" / "README.md").read_text()
     assert "| 0 | cannot decode the image" in card and "| 1 | cannot decode the image" in card
     assert "2 source rows have a label outside the class names" in card
+    assert str(tmp_path) not in card
     assert {path for path in tmp_path.rglob("*") if "out" not in path.parts} == before
 
     empty = tmp_path / "empty.txt"
@@ -298,7 +301,7 @@ def test_push_to_hub_uploads_the_folder_without_bookkeeping(augmented, tiny_mode
     config = config_file(tiny_models, pets, output, tmp_path / "config.json", push_to_hub="org/pets-dalda",
                          private=True)
     with HubServer() as hub:
-        env = {**os.environ, "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": hub.url, "HF_TOKEN": SECRET_TOKEN}
+        env = {**os.environ, **hub.env}
         result = subprocess.run([*dalda_command(), "augment", str(config)], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert hub.created == [{"name": "pets-dalda", "organization": "org", "visibility": "private", "type": "dataset"}]

@@ -1,11 +1,19 @@
 """The `dalda` command, run as users run it: an installed console script in a subprocess."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import PIL.Image
 import pytest
+from transformers import HfArgumentParser
+
+from pipeline_dalda import DEFAULT_CLIP_SCORE_MODEL, AdaptiveGuidanceScaling
+from pipeline_dalda.arguments import AGSArguments, ModelArguments
+from pipeline_dalda.cli import COMMANDS, DaldaArgumentParser, parse_options
+from pipeline_dalda.seeding import item_seed
 
 from .conftest import random_images
 from .helpers import model_options, run_dalda
@@ -32,9 +40,11 @@ def test_tiny_models_writes_a_loadable_kit(tmp_path):
 @pytest.fixture
 def real_image_files(tmp_path):
     paths = []
+    exif = PIL.Image.Exif()
+    exif[0x0112] = 6  # the third photo is shown rotated by 90°: upright it is 48 × 64
     for index, (image, size) in enumerate(zip(random_images(3, seed=30), [(50, 30), (20, 20), (64, 48)])):
-        path = tmp_path / f"real_{index}.png"
-        image.resize(size).convert("L" if index == 1 else "RGB").save(path)
+        path = tmp_path / f"real_{index}.{'jpg' if index == 2 else 'png'}"
+        image.resize(size).convert("L" if index == 1 else "RGB").save(path, exif=exif if index == 2 else None)
         paths.append(path)
     return paths
 
@@ -59,10 +69,10 @@ def test_generate_writes_images_and_metadata(tiny_models, real_image_files, tmp_
 
     rows = [json.loads(line) for line in (tmp_path / "from-yaml" / "metadata.jsonl").read_text().splitlines()]
     assert [row["file_name"] for row in rows] == ["00000.png", "00001.png", "00002.png"]
-    assert [row["seed"] for row in rows] == [4, 5, 6]
-    for row, source in zip(rows, real_image_files):
-        with PIL.Image.open(tmp_path / "from-yaml" / row["file_name"]) as generated, PIL.Image.open(source) as real:
-            assert generated.size == real.size
+    assert [row["seed"] for row in rows] == [item_seed(4, i, 0) for i in range(3)]
+    sizes = [PIL.Image.open(tmp_path / "from-yaml" / row["file_name"]).size for row in rows]
+    assert sizes == [(50, 30), (20, 20), (48, 64)]  # each real image's upright size
+    for row in rows:
         assert 0 < row["clip_score"] < 1 and 0.1 <= row["ip_adapter_scale"] <= 0.9
 
     # The same run from command-line options, with another batch size, gives the same λ's and images.
@@ -92,3 +102,105 @@ def test_generate_names_bad_inputs(tiny_models, real_image_files, tmp_path):
     images = ["--images", *real_image_files]
     result = run_dalda("generate", *common, *images, "--class_names", "dog", "cat", "--labels", "dog", "fox", "dog")
     assert result.returncode != 0 and "`class_labels[1]` is 'fox'" in result.stderr
+
+
+def option_actions(command):
+    """The parser of `dalda <command>` and its options, as the command line builds them."""
+    arguments, _ = COMMANDS[command].load()
+    parser = DaldaArgumentParser(arguments)
+    return parser, [action for action in parser._actions if action.option_strings and action.dest != "help"]
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_option_says_what_it_does(command):
+    parser, actions = option_actions(command)
+    assert actions
+    for action in actions:
+        assert action.help and len(action.help) > 10, f"dalda {command} {action.option_strings[0]} has no help"
+    help_text = parser.format_help()
+    assert "(default: None)" not in help_text
+    hyphenated = [f"--{action.dest.replace('_', '-')}" for action in actions if "_" in action.dest]
+    assert not [option for option in hyphenated if option in help_text]  # each option shown once, by its field name
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_option_dataclasses_work_with_a_plain_hf_argument_parser(command):
+    arguments, _ = COMMANDS[command].load()
+    assert HfArgumentParser(arguments).format_help() != ""
+
+
+def test_closed_sets_are_choices_and_augment_groups_its_options():
+    parser, actions = option_actions("augment")
+    choices = {action.dest: tuple(action.choices) for action in actions if action.choices}
+    assert choices["ags_mode"] == ("truncnorm", "reference", "random", "fixed")
+    assert choices["clip_score_mode"] == ("probability", "cosine")
+    assert choices["method"] == ("dalda", "real_guidance")
+    assert choices["shot_selection"] == ("random", "paper") and "dtype" in choices
+    headings = [line[:-1] for line in parser.format_help().splitlines() if line and line[0] != " " and line[-1] == ":"]
+    assert headings == ["options", "data", "prompts", "AGS", "sampling", "output", "models"]
+    # Help that is right for the command: the augment split holds the real images, the prompts split the classes.
+    split_help = {command: next(a.help for a in option_actions(command)[1] if a.dest == "split")
+                  for command in ("augment", "prompts")}
+    assert "real images" in split_help["augment"] and "classes" in split_help["prompts"]
+
+
+def test_help_imports_no_heavy_library():
+    """`--help` answers at once: no command imports torch, diffusers or datasets to list its options."""
+    script = (
+        "import sys\n"
+        "from pipeline_dalda.cli import COMMANDS, main\n"
+        "for name in COMMANDS:\n"
+        "    try:\n"
+        "        main([name, '--help'])\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "print(sorted(m for m in ('torch', 'diffusers', 'datasets', 'openai', 'accelerate') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_ags_options_match_the_pipelines_defaults():
+    assert AGSArguments().to_ags() == AdaptiveGuidanceScaling()
+    assert ModelArguments().clip_score_model == DEFAULT_CLIP_SCORE_MODEL
+
+
+def test_old_mode_option_still_works_with_a_warning(tmp_path, caplog):
+    options = ["--output_dir", str(tmp_path / "out"), "--dataset", "pets", "--base_prompt"]
+    (_, _, _, ags), _ = parse_options("augment", [*options, "--mode", "reference"])
+    assert ags.ags_mode == "reference" and "--mode is deprecated; use --ags_mode" in caplog.text
+    (_, _, _, ags), _ = parse_options("augment", [*options, "--mode=random"])
+    assert ags.ags_mode == "random"
+    config = tmp_path / "augment.yaml"
+    config.write_text(f"output_dir: {tmp_path / 'out'}\ndataset: pets\nbase_prompt: true\nmode: fixed\nfixed_scale: 0.5\n")
+    (_, _, args, ags), _ = parse_options("augment", [str(config)])
+    assert ags.to_ags().mode == "fixed" and args.base_prompt and "`mode` is deprecated" in caplog.text
+
+
+def test_expected_failures_end_in_one_line(tiny_models, tmp_path):
+    (tmp_path / "a-file").write_text("not a folder")
+    augment = ["augment", *(f"--{key}={value}" for key, value in model_options(tiny_models).items()), "--base_prompt"]
+    cases = {
+        "missing dataset": [*augment, "--dataset", "/no/such", "--output_dir", tmp_path / "out"],
+        "output is a file": [*augment, "--dataset", "/no/such", "--output_dir", tmp_path / "a-file"],
+        "output under a file": [*augment, "--dataset", "/no/such", "--output_dir", tmp_path / "a-file" / "out"],
+        "unwritable output": [*augment, "--dataset", "/no/such", "--output_dir", "/sys/dalda-out"],
+        "prompts, missing dataset": ["prompts", "--dataset", "/no/such", "--output", tmp_path / "bank.json"],
+        "bad choice": [*augment, "--dataset", "/no/such", "--output_dir", tmp_path / "out", "--ags_mode", "normal"],
+    }
+    expected = {
+        "missing dataset": "The dataset '/no/such' is not there",
+        "output is a file": f"`output_dir` '{tmp_path / 'a-file'}' is a file",
+        "output under a file": f"Cannot write to `output_dir` '{tmp_path / 'a-file' / 'out'}' (Not a directory",
+        "unwritable output": "Cannot write to `output_dir` '/sys/dalda-out'",
+        "prompts, missing dataset": "The dataset '/no/such' is not there",
+        "bad choice": "invalid choice: 'normal'",
+    }
+    for case, arguments in cases.items():
+        result = run_dalda(*arguments)
+        assert result.returncode != 0, case
+        assert "Traceback" not in result.stderr, f"{case}: {result.stderr}"
+        assert expected[case] in result.stderr.strip().splitlines()[-1], f"{case}: {result.stderr}"
+    debug = run_dalda(*cases["missing dataset"], "--debug")
+    assert debug.returncode != 0 and "Traceback" in debug.stderr and "The dataset '/no/such'" in debug.stderr

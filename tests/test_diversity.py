@@ -15,12 +15,8 @@ import yaml
 from transformers import CLIPModel, CLIPProcessor
 
 from dataset_builders.evaluation import diversity
-from dataset_builders.evaluation.diversity import (
-    DiversityArguments,
-    compute_diversity,
-    diversity_table,
-    metric_module_path,
-)
+from dataset_builders.evaluation.arguments import DiversityArguments
+from dataset_builders.evaluation.diversity import compute_diversity, diversity_table, metric_module_path
 from dataset_builders.hub_layout import output_features
 from pipeline_dalda.testing import save_tiny_clip_scorer
 

@@ -12,9 +12,10 @@ import PIL.Image
 import pytest
 import scipy.stats
 
+from dataset_builders.evaluation.arguments import CompareArguments, EvaluateArguments
 from dataset_builders.evaluation.data import LeakError, load_evaluation_splits
-from dataset_builders.evaluation.report import CompareArguments, _figure, compare_runs
-from dataset_builders.evaluation.run import EvaluateArguments, evaluate_augmented_dataset
+from dataset_builders.evaluation.report import _figure, compare_runs
+from dataset_builders.evaluation.run import evaluate_augmented_dataset
 from dataset_builders.evaluation.training import TrainingPool, TrainingSchedule, draw_training_batches
 from dataset_builders.evaluation.views import view_grid
 from dataset_builders.source import paper_split_halves, select_few_shot

@@ -10,21 +10,10 @@ from transformers import CLIPModel, CLIPProcessor
 import pipeline_dalda
 from pipeline_dalda import DALDAPipeline
 
-from .conftest import load_ip_adapter, random_images
+from .conftest import generate_two_items, load_ip_adapter, random_images
 
 
 PIPELINE_FOLDER = str(Path(pipeline_dalda.__file__).parent)
-
-
-def generate(pipe):
-    return pipe(
-        ["a dog", "a cat"],
-        ip_adapter_image=random_images(2, seed=8),
-        ip_adapter_scale=[0.3, 0.7],
-        num_inference_steps=3,
-        generator=[torch.Generator().manual_seed(seed) for seed in (1, 2)],
-        output_type="np",
-    ).images
 
 
 def test_custom_pipeline_from_the_package_folder(tiny_models, dalda_pipe):
@@ -33,7 +22,8 @@ def test_custom_pipeline_from_the_package_folder(tiny_models, dalda_pipe):
     )
     assert type(pipe).__name__ == "DALDAPipeline"
     assert pipe.clip_model is None and pipe.clip_processor is None
-    np.testing.assert_allclose(generate(load_ip_adapter(pipe, tiny_models)), generate(dalda_pipe), atol=1e-6)
+    loaded = generate_two_items(load_ip_adapter(pipe, tiny_models))
+    np.testing.assert_allclose(loaded, generate_two_items(dalda_pipe), atol=1e-6)
 
 
 def test_saved_pipeline_loads_with_custom_pipeline_dalda(tiny_models, tmp_path):
@@ -54,7 +44,7 @@ def test_saved_pipeline_loads_with_custom_pipeline_dalda(tiny_models, tmp_path):
 
     load_ip_adapter(pipe, tiny_models)
     load_ip_adapter(loaded, tiny_models)
-    np.testing.assert_allclose(generate(loaded), generate(pipe), atol=1e-6)
+    np.testing.assert_allclose(generate_two_items(loaded), generate_two_items(pipe), atol=1e-6)
     # The reloaded scoring components give the same CLIPScores and hence the same AGS draws.
     kwargs = dict(class_names=["dog", "cat"], class_labels=[0, 1], num_inference_steps=2, ags_generator=3)
     images = random_images(2, seed=9)
@@ -65,4 +55,4 @@ def test_saved_pipeline_loads_with_custom_pipeline_dalda(tiny_models, tmp_path):
 def test_plain_import_from_pretrained(tiny_models):
     pipe = pipeline_dalda.DALDAPipeline.from_pretrained(tiny_models.stable_diffusion)
     assert isinstance(pipe, DALDAPipeline)
-    assert len(generate(load_ip_adapter(pipe, tiny_models))) == 2
+    assert len(generate_two_items(load_ip_adapter(pipe, tiny_models))) == 2

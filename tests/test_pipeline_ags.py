@@ -1,9 +1,12 @@
 """DALDAPipeline samples λ per item from CLIPScore, and names every bad input."""
 
 import numpy as np
+import PIL.Image
 import pytest
+import torch
 
 from pipeline_dalda import AdaptiveGuidanceScaling, CLIPScorer, DALDAPipeline
+from pipeline_dalda.seeding import scale_generator
 
 from .conftest import load_ip_adapter, random_images
 
@@ -30,6 +33,43 @@ def test_scales_are_sampled_from_the_items_clip_scores(dalda_pipe, tiny_models):
     again = call(dalda_pipe, ip_adapter_image=images, class_names=CLASSES, class_labels=[1, 0, 2], num_shots=4,
                  ags_generator=5)
     assert again.ip_adapter_scales == output.ip_adapter_scales
+
+
+def test_per_item_ags_generators_make_each_items_scale_its_own(dalda_pipe):
+    scores = [0.1, 0.5, 0.9]
+    batch = call(dalda_pipe, clip_scores=scores, ags_generator=[scale_generator(0, i, 0) for i in range(3)])
+    alone = [
+        call(dalda_pipe, count=1, clip_scores=[score], ags_generator=[scale_generator(0, i, 0)]).ip_adapter_scales[0]
+        for i, score in enumerate(scores)
+    ]
+    assert batch.ip_adapter_scales == alone
+    # Each item's stream matters, or the equality above proves nothing.
+    swapped = call(dalda_pipe, clip_scores=scores, ags_generator=[scale_generator(0, i, 1) for i in range(3)])
+    assert swapped.ip_adapter_scales != batch.ip_adapter_scales
+    with pytest.raises(ValueError, match="`ags_generator` has 2 generators for 3 items"):
+        call(dalda_pipe, clip_scores=scores, ags_generator=[scale_generator(0, i, 0) for i in range(2)])
+
+
+def test_images_are_scored_as_given_and_encoded_at_the_generation_size(dalda_pipe):
+    wide = random_images(1, seed=4, size=(96, 32))[0]
+    squashed = wide.resize((dalda_pipe.generation_size,) * 2, PIL.Image.BILINEAR)
+    encoded, encoded_squashed = dalda_pipe.encode_ip_adapter_images([wide]), dalda_pipe.encode_ip_adapter_images([squashed])
+    assert torch.equal(encoded[0], encoded_squashed[0])
+    cropped = dalda_pipe.feature_extractor(wide, return_tensors="pt").pixel_values  # what no resize would encode
+    assert not torch.allclose(dalda_pipe.image_encoder(cropped).image_embeds, encoded[0][:, 0])
+
+    output = call(dalda_pipe, count=1, ip_adapter_image=[wide], class_names=CLASSES, class_labels=[0])
+    assert output.clip_scores == dalda_pipe.clip_scorer()([wide], [0], CLASSES).double().tolist()
+    assert output.clip_scores != dalda_pipe.clip_scorer()([squashed], [0], CLASSES).double().tolist()
+
+
+def test_clip_score_reads_snake_case_labels_as_words(dalda_pipe):
+    images = random_images(2, seed=6)
+    scorer = dalda_pipe.clip_scorer()
+    snake = scorer(images, [0, 1], ["golden_retriever", "tabby__cat"])
+    words = scorer(images, [0, 1], ["golden retriever", "tabby cat"])
+    assert torch.equal(snake, words)
+    assert not torch.equal(words, scorer(images, [0, 1], ["golden-retriever", "tabby-cat"]))
 
 
 def test_given_scores_and_ags_settings_are_used(dalda_pipe):

@@ -40,7 +40,8 @@ def diffusers_image(pipe, prompt, image, scale, seed):
 
 
 def test_per_item_scales_match_diffusers_item_by_item(dalda_pipe, diffusers_pipe):
-    images = random_images(len(PROMPTS))
+    # At the generation size, which DALDAPipeline resizes to and diffusers does not.
+    images = random_images(len(PROMPTS), size=(64, 64))
     output = dalda_pipe(
         PROMPTS,
         ip_adapter_image=images,

@@ -4,6 +4,7 @@ import json
 import logging
 import os
 import subprocess
+import threading
 
 import pytest
 
@@ -16,8 +17,9 @@ from pipeline_dalda.prompts import (
     generate_prompt_bank,
 )
 
-from .chat_server import ChatServer, Reply
+from .chat_server import ChatServer, Reply, good_answer, user_message
 from .helpers import dalda_command, kill_midway
+
 
 API_KEY = "sk-dalda-test-SECRET-0123456789"
 CLASSES = [f"class_{name}" for name in "abcdefghijklmnopqrstuvwxy"]  # 25 classes
@@ -159,6 +161,26 @@ def test_persistent_bad_sentences_fall_back_to_templates(tmp_path):
     assert fallbacks == {"total": 4, "by_class": {"class_a": 4}}
 
 
+def test_repeated_sentence_is_named_in_the_re_ask(tmp_path):
+    favourite = "A class a resting on a wooden table."
+
+    def repetitive_model(body, number):
+        """Opens its class_a sentences with its favourite one, twice, until told that it is a repeat."""
+        answer = good_answer(body, number)
+        if "class_a" in answer and favourite not in user_message(body):
+            answer["class_a"] = ([favourite] * 2 + answer["class_a"])[: len(answer["class_a"])]
+        return answer
+
+    with ChatServer(model=repetitive_model) as server:
+        bank = run(server, tmp_path, classes=CLASSES[:2])
+    assert_valid_bank(bank, CLASSES[:2])
+    assert favourite in bank.prompts["class_a"]
+    assert bank.metadata["template_fallbacks"]["total"] == 0
+    assert server.asked_classes() == [CLASSES[:2], ["class_a"]]
+    re_ask = user_message(server.requests[1]["body"])
+    assert f"{favourite!r} repeats an earlier sentence; never write it again" in re_ask
+
+
 def test_json_mode_refusal_falls_back_to_plain_requests(tmp_path):
     with ChatServer(reject_json_mode=True) as server:
         bank = run(server, tmp_path, classes=CLASSES[:3])
@@ -180,6 +202,7 @@ def test_lasting_failure_stops_after_saving_then_resumes(tmp_path):
     assert_valid_bank(bank, CLASSES)
     finished_first = set(server.asked_classes()[0])
     assert not finished_first & set(sum(server.asked_classes()[asked_before:], []))
+    assert bank.metadata["requests"] == len(server.requests) == 4 + 2  # the failed chunk's attempts count too
 
 
 def test_changed_settings_do_not_mix_with_a_saved_run(tmp_path):
@@ -201,10 +224,33 @@ def test_finished_bank_is_not_asked_again(tmp_path):
 
 def test_non_retryable_error_stops_at_once(tmp_path):
     with ChatServer() as server:
-        server.faults.append(Reply(status=401))
-        with pytest.raises(PromptRequestError, match="HTTP 401"):
+        server.faults.append(Reply(status=404))
+        with pytest.raises(PromptRequestError, match="refused the request: HTTP 404"):
             run(server, tmp_path, classes=CLASSES[:2])
     assert len(server.requests) == 1
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_refused_api_key_names_its_environment_variable(tmp_path, monkeypatch, status):
+    monkeypatch.setenv("DALDA_TEST_KEY", API_KEY)
+    with ChatServer() as server:
+        server.faults.append(Reply(status=status))
+        with pytest.raises(PromptRequestError) as raised:
+            run(server, tmp_path, classes=CLASSES[:2], llm=settings(server, api_key_env="DALDA_TEST_KEY"))
+    assert len(server.requests) == 1 and server.requests[0]["headers"]["authorization"] == f"Bearer {API_KEY}"
+    message = str(raised.value)
+    assert f"refused the API key from the environment variable DALDA_TEST_KEY (HTTP {status})" in message
+    assert message.endswith("; put a valid API key in DALDA_TEST_KEY, then run the same command again to resume.")
+    assert API_KEY not in message
+
+
+def test_server_wanting_a_key_that_is_not_set_says_so(tmp_path, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY")
+    with ChatServer() as server:
+        server.faults.append(Reply(status=401))
+        with pytest.raises(PromptRequestError, match=r"wants an API key \(HTTP 401\); the environment variable "
+                           r"OPENAI_API_KEY is unset\..*put a valid API key in OPENAI_API_KEY"):
+            run(server, tmp_path, classes=CLASSES[:2])
 
 
 def test_model_and_description_are_required(tmp_path):
@@ -227,19 +273,28 @@ def test_killed_run_resumes_without_asking_finished_chunks_again(tmp_path):
     classes_file = tmp_path / "classes.txt"
     classes_file.write_text("\n".join(CLASSES[:12]) + "\n")
     env = {**os.environ, "OPENAI_API_KEY": API_KEY, "HF_HUB_OFFLINE": "1"}
-    with ChatServer(delay=0.25) as server:
+    answer_held = threading.Event()
+    with ChatServer() as server:
+        # One class per chunk: 3 chunks finish, the 4th gets a bad answer, and its re-ask is in flight at the kill.
+        server.faults.extend([Reply(), Reply(), Reply(), Reply(content="not json"), Reply(hold=answer_held)])
         chunks = tmp_path / "bank.json.chunks"
         command = prompts_command(server, tmp_path, classes_file)
-        kill_midway(command, ready=lambda: len(list(chunks.glob("chunk-*.json"))) >= 3, env=env)
+        try:
+            kill_midway(command, ready=lambda: len(server.requests) == 5, env=env)
+        finally:
+            answer_held.set()
         finished = {name for path in chunks.glob("chunk-*.json") for name in json.loads(path.read_text())["classes"]}
         asked_before = len(server.requests)
 
         result = subprocess.run(prompts_command(server, tmp_path, classes_file), env=env, capture_output=True, text=True)
         assert result.returncode == 0, result.stderr
 
-    assert len(finished) >= 3
+    assert finished == set(CLASSES[:3])
     assert not finished & set(sum(server.asked_classes()[asked_before:], []))
-    assert_valid_bank(PromptBank.load(tmp_path / "bank.json"), CLASSES[:12], num_prompts=3)
+    bank = PromptBank.load(tmp_path / "bank.json")
+    assert_valid_bank(bank, CLASSES[:12], num_prompts=3)
+    # Both runs' requests, the two lost with the killed chunk included: 5 + 9.
+    assert bank.metadata["requests"] == len(server.requests) == 14
     assert not list(tmp_path.glob(".bank.json.*.tmp"))
 
 
@@ -259,6 +314,15 @@ def test_api_key_never_reaches_files_or_logs(tmp_path, caplog):
             prompts_command(server, tmp_path / "cli", classes_file), env=env, capture_output=True, text=True
         )
         assert result.returncode == 0, result.stderr
+        # A refused key is reported by the name of its variable, in process and from the command line.
+        server.faults.append(Reply(status=401))
+        with pytest.raises(PromptRequestError, match="API key from the environment variable OPENAI_API_KEY") as raised:
+            run(server, tmp_path / "refused", classes=CLASSES[:2])
+        server.faults.append(Reply(status=401))
+        refused = subprocess.run(
+            prompts_command(server, tmp_path / "refused-cli", classes_file), env=env, capture_output=True, text=True
+        )
+        assert refused.returncode != 0 and "API key from the environment variable OPENAI_API_KEY" in refused.stderr
 
     assert all(request["headers"]["authorization"] == f"Bearer {API_KEY}" for request in server.requests)
     written = [path for path in tmp_path.rglob("*") if path.is_file()]
@@ -266,7 +330,7 @@ def test_api_key_never_reaches_files_or_logs(tmp_path, caplog):
     for path in written:
         assert API_KEY not in path.read_text(encoding="utf-8", errors="replace"), path
     assert caplog.records and API_KEY not in caplog.text
-    assert API_KEY not in result.stdout + result.stderr
+    assert API_KEY not in result.stdout + result.stderr + refused.stdout + refused.stderr + str(raised.value)
 
 
 def test_a_101_class_run_takes_11_requests_with_the_default_chunk_size(tmp_path):

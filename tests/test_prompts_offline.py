@@ -9,7 +9,8 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from dataset_builders.source import ClassListArguments, load_class_names
+from dataset_builders.arguments import ClassListArguments
+from dataset_builders.source import load_class_names
 from pipeline_dalda.prompts import (
     ClassNameMatcher,
     PromptArguments,
@@ -19,6 +20,7 @@ from pipeline_dalda.prompts import (
 )
 
 from .helpers import dalda_command, run_dalda
+
 
 HUNDRED_CLASSES = [f"{colour} {thing}" for colour in ("red", "blue", "green", "amber", "violet")
                    for thing in ("kite", "lamp", "boot", "cup", "vase", "bell", "drum", "fan", "key", "pen",

@@ -11,8 +11,8 @@ from diffusers import DDIMScheduler, StableDiffusionImg2ImgPipeline
 from diffusers.models.attention_processor import IPAdapterAttnProcessor, IPAdapterAttnProcessor2_0
 from transformers import HfArgumentParser
 
-from dataset_builders.augment import AugmentArguments, augment_dataset, image_seed
-from dataset_builders.source import SourceArguments
+from dataset_builders.arguments import AugmentArguments, SourceArguments
+from dataset_builders.augment import augment_dataset
 from pipeline_dalda import (
     DALDA_SCHEDULER_CONFIG,
     DEFAULT_NEGATIVE_PROMPT,
@@ -21,6 +21,7 @@ from pipeline_dalda import (
 )
 from pipeline_dalda.cli import main as dalda_main
 from pipeline_dalda.loading import load_dalda_pipeline
+from pipeline_dalda.seeding import item_seed
 
 from .test_augment import CLASSES, assert_same_dataset, augment, images_by_row, model_args, pets  # noqa: F401
 
@@ -63,7 +64,7 @@ def test_rows_are_img2img_of_the_real_images_with_the_class_prompt(real_guidance
         assert row["image"].size == source_row["image"].size
         assert row["clip_score"] == real[row["source_index"]]["clip_score"] and 0 < row["clip_score"] < 1
         seeds.setdefault(row["source_index"], set()).add(row["seed"])
-    assert seeds == {index: {image_seed(0, index, j) for j in range(M)} for index in real}
+    assert seeds == {index: {item_seed(0, index, j) for j in range(M)} for index in real}
 
 
 def test_images_are_what_diffusers_img2img_makes_for_each_item_alone(real_guidance, tiny_models, pets):  # noqa: F811
@@ -112,7 +113,7 @@ def test_strength_changes_the_images(tiny_models, pets, tmp_path):  # noqa: F811
 def test_card_names_the_method_and_leaves_out_what_does_not_apply(real_guidance):
     card = (real_guidance / "README.md").read_text()
     for fact in (
-        "pretty_name: Real-Guidance-augmented",
+        "pretty_name: ./dataset augmented with Real Guidance",
         "Real Guidance baseline: SD img2img from the real image, prompt 'a photo of a {class}', "
         "strength 0.5, guidance 7.5",
         f"DDIM, {STEPS} steps", "prefix none, negative prompt none", "18 rows",
@@ -168,7 +169,8 @@ def test_loading_without_ip_adapter_leaves_the_attention_plain(tiny_models, pets
 
 
 def test_real_guidance_output_is_evaluated_like_any_augmented_dataset(real_guidance, tiny_models, tmp_path):
-    from dataset_builders.evaluation.run import EvaluateArguments, evaluate_augmented_dataset
+    from dataset_builders.evaluation.arguments import EvaluateArguments
+    from dataset_builders.evaluation.run import evaluate_augmented_dataset
 
     results = evaluate_augmented_dataset(
         EvaluateArguments(dataset=str(real_guidance), output_dir=str(tmp_path / "evaluation"),

@@ -16,13 +16,11 @@ from typing import Literal
 import torch
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoTokenizer, PreTrainedModel
 
-from pipeline_dalda.pipeline import CLASS_PROMPT_TEMPLATE
-from pipeline_dalda.prompts.matching import display_name
+from pipeline_dalda.pipeline import class_prompt
 
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_BACKBONE = "openai/clip-vit-base-patch16"
 PAPER_MEAN, PAPER_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 """The paper normalises every backbone's input with mean 0.5 and std 0.5."""
 
@@ -102,7 +100,7 @@ class FrozenBackbone:
             torch.manual_seed(seed)
             head = torch.nn.Linear(self.feature_dim, len(class_names))
         if self.is_image_text:
-            prompts = [CLASS_PROMPT_TEMPLATE.format(display_name(name)) for name in class_names]
+            prompts = [class_prompt(name) for name in class_names]
             # SigLIP was trained on text padded to its full length, CLIP on unpadded text.
             padding = "max_length" if "siglip" in self.model.config.model_type else True
             tokens = self.tokenizer(prompts, padding=padding, truncation=True, return_tensors="pt").to(self.device)

@@ -22,15 +22,19 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, get_args
+from typing import get_args
 
 import datasets
 import numpy as np
 from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import EntryNotFoundError
 
+from pipeline_dalda.images import BadImage, load_image
+
+from ..arguments import SourceArguments
 from ..hub_layout import RUN_RECORD, read_run_record
-from ..source import BadImage, SourceArguments, decode_real_image, load_real_images, paper_split_halves
+from ..source import load_real_images, paper_split_halves
+from .arguments import TestSetKind
 from .features import PreparedImage
 from .views import squash
 
@@ -38,9 +42,6 @@ from .views import squash
 logger = logging.getLogger(__name__)
 
 _VALIDATION_STREAM = 21
-TestSetKind = Literal["auto", "paper", "unselected", "split"]
-
-
 @dataclass(frozen=True)
 class ImageRef:
     """One image to use: its undecoded `datasets` value, its class, and where it comes from (for messages)."""
@@ -89,7 +90,7 @@ def prepare_images(
 
     def prepare(ref: ImageRef) -> PreparedImage | BadImage:
         try:
-            image = decode_real_image(ref.value)
+            image = load_image(ref.value)
         except BadImage as error:
             return error
         return PreparedImage(content_hash(image), squash(image, image_size))

@@ -13,17 +13,17 @@ The Table 1 columns are `clip_i_to_source` and `lpips_within_source` (the defini
 
 import logging
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Literal
 
 import datasets
 import torch
 
+from .arguments import DiversityArguments
+
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch16"
 _COLUMNS = ["is_synthetic", "source_index", "label"]
 
 
@@ -45,30 +45,6 @@ def metric_module_path(name: str) -> Path:
         return installed
     raise FileNotFoundError(
         f"No evaluate module {name!r}: looked in {checkout} (a source checkout) and {installed} (an installed dalda)."
-    )
-
-
-@dataclass
-class DiversityArguments:
-    """How the diversity metrics are computed."""
-
-    diversity_clip_model: str = field(
-        default=DEFAULT_CLIP_MODEL,
-        metadata={"help": "The CLIP checkpoint (CLIPModel + CLIPProcessor) whose image embeddings CLIP-I compares."},
-    )
-    lpips_net: Literal["alex", "vgg", "squeeze"] = field(
-        default="alex",
-        metadata={"help": "The LPIPS backbone; `alex` is the LPIPS authors' choice for a distance metric."},
-    )
-    lpips_pretrained_backbone: bool = field(
-        default=True,
-        metadata={
-            "help": "Use LPIPS's ImageNet backbone (torchvision downloads it once). False uses a random backbone, "
-            "for offline tests only: its values mean nothing."
-        },
-    )
-    diversity_batch_size: int = field(
-        default=32, metadata={"help": "Images (CLIP-I) or image pairs (LPIPS) per forward pass."}
     )
 
 

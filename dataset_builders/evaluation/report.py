@@ -5,14 +5,16 @@ import csv
 import importlib.metadata
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pipeline_dalda.atomic import atomic_output, write_json_atomically
+from pipeline_dalda.atomic import atomic_output, create_output_dir, write_json_atomically
 
+from ..card import method_label
+from .arguments import CompareArguments
 from .diversity import diversity_table
 from .metrics import mean_and_std, paired_difference
 
@@ -23,16 +25,6 @@ OPTIMISTIC = "optimistic: the epoch was chosen on the test set"
 _MACHINE_SETTINGS = ("output_dir", "cache_dir", "device", "num_workers", "feature_batch_size")
 """Settings of the machine that ran the evaluation, left out of results.md (a file meant to be shared)."""
 _PACKAGES = ("dalda", "torch", "transformers", "datasets", "diffusers", "huggingface_hub")
-
-
-def method_label(recorded: dict) -> str:
-    """The paper's name for how a dataset was augmented: 'LLM + AGS' (DALDA), 'Base + RS', 'Real Guidance', ..."""
-    generation = recorded["generation"]
-    if generation.get("method") == "real_guidance":
-        return "Real Guidance"
-    prompts = "Base" if generation.get("base_prompt") else "LLM"
-    scaling = {"random": "RS", "fixed": "fixed λ"}.get(recorded.get("ags", {}).get("mode"), "AGS")
-    return f"{prompts} + {scaling}"
 
 
 def _versions() -> dict[str, str | None]:
@@ -281,14 +273,6 @@ def write_report(args, trials: list[dict], context: dict) -> dict:
     return results
 
 
-@dataclass
-class CompareArguments:
-    """Which `dalda evaluate` reports `dalda compare` puts side by side, and where."""
-
-    runs: list[str] = field(metadata={"help": "Folders written by `dalda evaluate` (each holds a results.json)."})
-    output_dir: str = field(metadata={"help": "Where comparison.md and accuracy_vs_shots.png go."})
-
-
 def _short(name: str) -> str:
     return name.rstrip("/").rsplit("/", 1)[-1]
 
@@ -407,9 +391,8 @@ def plot_accuracy_vs_shots(path: Path, table: dict[tuple[str, str], dict[int, di
 
 def compare_runs(args: CompareArguments) -> str:
     """Writes comparison.md and accuracy_vs_shots.png for several evaluation runs; returns the markdown."""
+    output_dir = create_output_dir(args.output_dir)
     comparison = load_comparison(args.runs)
-    output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     markdown = comparison_markdown(comparison)
     with atomic_output(output_dir / "comparison.md") as temporary:
         temporary.write_text(markdown, encoding="utf-8")

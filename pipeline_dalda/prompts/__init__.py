@@ -10,9 +10,9 @@ from typing import Any
 
 _EXPORTS = {
     "ClassNameMatcher": ".matching",
-    "LLMSettings": ".llm",
+    "LLMSettings": "..arguments",
     "OpenAIPromptWriter": ".llm",
-    "PromptArguments": ".generate",
+    "PromptArguments": "..arguments",
     "PromptBank": ".bank",
     "PromptRequestError": ".llm",
     "TemplatePromptWriter": ".template",

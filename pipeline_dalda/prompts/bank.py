@@ -4,6 +4,7 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,8 +41,40 @@ class PromptBank:
         return cls(prompts=prompts, metadata=metadata)
 
 
+class UsageLedger:
+    """What every run into one checkpoint folder has spent on the LLM server: requests made, prompt and completion
+    tokens, in one JSON file rewritten atomically at each change.
+
+    A request is counted before it is sent, so a run killed while requests are in flight has already counted them,
+    and a resumed run adds to the saved totals instead of starting over: every request is counted once.
+
+    Args:
+        path: the JSON file of the totals.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._lock = threading.Lock()  # the chunks' threads add concurrently
+
+    def totals(self) -> dict[str, int]:
+        """The saved totals: `requests`, `prompt_tokens`, `completion_tokens`."""
+        if not self.path.exists():
+            return {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
+        return json.loads(self.path.read_text(encoding="utf-8"))
+
+    def add(self, requests: int = 0, prompt_tokens: int = 0, completion_tokens: int = 0) -> None:
+        """Adds to the totals and saves them before returning."""
+        with self._lock:
+            totals = self.totals()
+            totals["requests"] += requests
+            totals["prompt_tokens"] += prompt_tokens
+            totals["completion_tokens"] += completion_tokens
+            write_json_atomically(self.path, totals)
+
+
 class ChunkCheckpoints:
-    """The finished chunks of an unfinished run: one atomically written file per chunk, named by its classes.
+    """The finished chunks of an unfinished run: one atomically written file per chunk, named by its classes, and
+    the `usage` ledger of the requests that every run into the folder made, finished chunks or not.
 
     The folder also records the run's settings, so a resumed run never mixes sentences made with other settings.
     """
@@ -49,6 +82,7 @@ class ChunkCheckpoints:
     def __init__(self, directory: str | os.PathLike, settings: dict[str, Any]):
         self.directory = Path(directory)
         self.settings = settings
+        self.usage = UsageLedger(self.directory / "usage.json")
 
     def open(self) -> list[dict[str, Any]]:
         """Creates or reopens the folder; returns the finished chunks' records."""

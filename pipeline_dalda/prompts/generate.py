@@ -3,56 +3,24 @@
 import hashlib
 import logging
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Protocol, Sequence
 
 from tqdm.auto import tqdm
 
+from ..arguments import LLMSettings, PromptArguments
 from ..atomic import remove_stale_temporaries
-from .bank import ChunkCheckpoints, PromptBank
-from .llm import ChunkResult, LLMSettings, OpenAIPromptWriter, PromptRequestError
+from .bank import ChunkCheckpoints, PromptBank, UsageLedger
+from .llm import RESUME_HINT, ChunkResult, OpenAIPromptWriter, PromptRequestError
 from .matching import ClassNameMatcher
 from .template import TemplatePromptWriter
 
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("template", "openai", "file")
-
-
-@dataclass
-class PromptArguments:
-    """What `dalda prompts` makes: M scene sentences per class, as a prompt bank JSON file."""
-
-    output: str = field(metadata={"help": "The prompt bank JSON file to write."})
-    backend: str = field(default="template", metadata={"help": "'template' (offline), 'openai' or 'file'."})
-    dataset_description: str = field(default="", metadata={"help": "A short description of the dataset."})
-    dataset_description_file: str | None = field(default=None, metadata={"help": "...or a file holding it."})
-    num_prompts: int = field(default=10, metadata={"help": "Sentences per class (M)."})
-    seed: int = field(default=0, metadata={"help": "Seed of the template sentences."})
-    chunk_size: int = field(default=10, metadata={"help": "Classes per LLM request."})
-    max_concurrency: int = field(default=4, metadata={"help": "LLM requests in flight at once."})
-    input_bank: str | None = field(default=None, metadata={"help": "The bank the 'file' backend imports."})
-
-    def __post_init__(self):
-        if self.backend not in BACKENDS:
-            raise ValueError(f"`backend` must be one of {BACKENDS}, got {self.backend!r}.")
-        for name in ("num_prompts", "chunk_size", "max_concurrency"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}.")
-        if self.backend == "file" and not self.input_bank:
-            raise ValueError("The 'file' backend needs `input_bank`, the prompt bank to import.")
-
-    def description(self) -> str:
-        if self.dataset_description_file:
-            return Path(self.dataset_description_file).read_text(encoding="utf-8").strip()
-        return self.dataset_description.strip()
-
-
 class ChunkWriter(Protocol):
-    def write_chunk(self, classes: Sequence[str]) -> ChunkResult: ...
+    def write_chunk(self, classes: Sequence[str], usage: UsageLedger) -> ChunkResult: ...
 
 
 class TemplateChunkWriter:
@@ -62,7 +30,8 @@ class TemplateChunkWriter:
         self.template = template
         self.num_prompts = num_prompts
 
-    def write_chunk(self, classes: Sequence[str]) -> ChunkResult:
+    def write_chunk(self, classes: Sequence[str], usage: UsageLedger) -> ChunkResult:
+        """The template sentences of `classes`; they cost no requests, so `usage` is left as it is."""
         return ChunkResult({name: self.template.sentences(name, self.num_prompts) for name in classes}, {})
 
 
@@ -93,7 +62,7 @@ def _run_chunks(writer: ChunkWriter, chunks: list[list[str]], checkpoints: Chunk
         running: dict[Future, list[str]] = {}
         while True:
             while failure is None and len(running) < concurrency and (chunk := next(queue, None)) is not None:
-                running[pool.submit(writer.write_chunk, chunk)] = chunk
+                running[pool.submit(writer.write_chunk, chunk, checkpoints.usage)] = chunk
             if not running:
                 break
             done, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -110,9 +79,6 @@ def _run_chunks(writer: ChunkWriter, chunks: list[list[str]], checkpoints: Chunk
                             name: {"sentences": result.sentences[name], "template_fallbacks": result.template_fallbacks.get(name, 0)}
                             for name in chunk
                         },
-                        "requests": result.requests,
-                        "prompt_tokens": result.prompt_tokens,
-                        "completion_tokens": result.completion_tokens,
                     }
                 )
                 progress.update(len(chunk))
@@ -127,8 +93,10 @@ def generate_prompt_bank(
     """Writes `args.output`: M sentences per class from the chosen backend, with a metadata block.
 
     Finished chunks are kept beside the output (`<output>.chunks/`) as they arrive, so running the same command
-    again after a crash or a kill resumes without asking for finished classes again. A failure that outlasts the
-    retries stops the run with an error after saving what it has.
+    again after a crash or a kill resumes without asking for finished classes again. The folder's usage ledger counts
+    each request as it is sent, so the metadata's request and token counts cover every run that made the bank,
+    killed ones included. A failure that outlasts the retries stops the run with an error after saving what it has,
+    saying what to do before running again.
     """
     class_names = _check_class_names(class_names)
     description = args.description()
@@ -175,24 +143,24 @@ def generate_prompt_bank(
         _run_chunks(writer, chunks, checkpoints, args.max_concurrency)
     except Exception as error:
         saved = sum(len(record["classes"]) for record in checkpoints.open())
+        next_step = error.next_step if isinstance(error, PromptRequestError) else RESUME_HINT
         raise PromptRequestError(
             f"Prompt generation stopped: {error} {saved} of {len(class_names)} classes are saved in "
-            f"{str(checkpoints.directory)!r}; run the same command again to resume."
+            f"{str(checkpoints.directory)!r}; {next_step}.",
+            next_step=next_step,
         ) from error
 
     records = checkpoints.open()
     per_class = {name: value for record in records for name, value in record["classes"].items()}
     fallbacks = {name: per_class[name]["template_fallbacks"] for name in class_names if per_class[name]["template_fallbacks"]}
+    usage = checkpoints.usage.totals()
     metadata = {
         "settings": settings,
         "num_classes": len(class_names),
         "chunk_size": args.chunk_size,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "requests": sum(record["requests"] for record in records),
-        "token_usage": {
-            "prompt_tokens": sum(record["prompt_tokens"] for record in records),
-            "completion_tokens": sum(record["completion_tokens"] for record in records),
-        },
+        "requests": usage["requests"],
+        "token_usage": {"prompt_tokens": usage["prompt_tokens"], "completion_tokens": usage["completion_tokens"]},
         "template_fallbacks": {"total": sum(fallbacks.values()), "by_class": fallbacks},
     }
     bank = PromptBank({name: per_class[name]["sentences"] for name in class_names}, metadata)

@@ -7,12 +7,13 @@ import logging
 import os
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Sequence
-from urllib.parse import urlsplit
 
 import openai
 
+from ..arguments import LLMSettings
+from .bank import UsageLedger
 from .matching import ClassNameMatcher, display_name
 from .template import TemplatePromptWriter
 
@@ -24,56 +25,43 @@ SYSTEM_MESSAGE = (
     "classification dataset. You answer with JSON only."
 )
 _RETRIED_STATUS = {408, 409, 429}
+_KEY_REFUSED_STATUS = {401, 403}
+RESUME_HINT = "run the same command again to resume"
 
 
 class PromptRequestError(RuntimeError):
-    """The LLM server refused or kept failing a request; the run stops after saving what it has."""
+    """The LLM server refused or kept failing a request; the run stops after saving what it has.
+
+    Args:
+        message: what went wrong.
+        next_step: what the user does so that the run resumes (a bare rerun, or fixing something first).
+    """
+
+    def __init__(self, message: str, next_step: str = RESUME_HINT):
+        super().__init__(message)
+        self.next_step = next_step
 
 
-@dataclass
-class LLMSettings:
-    """How to reach the LLM and sample from it (DALDA's defaults: temperature 1.0, top_p 1.0, no penalties)."""
-
-    model: str | None = field(default=None, metadata={"help": "The chat model (the paper used gpt-4-0613)."})
-    base_url: str | None = field(
-        default=None, metadata={"help": "An OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 for vLLM."}
-    )
-    api_key_env: str = field(
-        default="OPENAI_API_KEY", metadata={"help": "The environment variable holding the API key."}
-    )
-    temperature: float = 1.0
-    top_p: float = 1.0
-    frequency_penalty: float = 0.0
-    presence_penalty: float = 0.0
-    json_mode: bool = field(default=True, metadata={"help": "Ask for the server's JSON mode (dropped if refused)."})
-    request_timeout: float = field(default=120.0, metadata={"help": "Seconds before a request counts as failed."})
-    max_retries: int = field(default=6, metadata={"help": "Retries of a request on 429, 5xx, time-outs, resets."})
-    retry_base_delay: float = field(default=1.0, metadata={"help": "First back-off delay in seconds (doubles)."})
-    retry_max_delay: float = field(default=60.0, metadata={"help": "Longest back-off delay in seconds."})
-    max_reasks: int = field(default=3, metadata={"help": "Re-asks for bad answers before template sentences fill in."})
-
-    def base_url_host(self) -> str:
-        """The server's host, the only part of the endpoint worth recording (never credentials or paths)."""
-        return urlsplit(self.base_url).hostname or "" if self.base_url else "api.openai.com"
-
-    def sampling(self) -> dict[str, float]:
-        return {
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "frequency_penalty": self.frequency_penalty,
-            "presence_penalty": self.presence_penalty,
-        }
+def _api_key_refused(status: int, api_key_env: str, key_was_set: bool) -> PromptRequestError:
+    """The error for HTTP 401/403: a rerun fails the same way until the key is fixed, so it names the environment
+    variable the key comes from (never the key itself)."""
+    if key_was_set:
+        message = f"The LLM server refused the API key from the environment variable {api_key_env} (HTTP {status})."
+    else:
+        message = f"The LLM server wants an API key (HTTP {status}); the environment variable {api_key_env} is unset."
+    return PromptRequestError(message, next_step=f"put a valid API key in {api_key_env}, then {RESUME_HINT}")
 
 
 @dataclass
 class ChunkResult:
-    """The sentences for one chunk of classes and what they cost."""
+    """The sentences for one chunk of classes, and how many of each class's came from templates.
+
+    What the chunk cost is not here: it is added to the run's `UsageLedger` request by request, so that a chunk
+    killed in flight is counted too.
+    """
 
     sentences: dict[str, list[str]]
     template_fallbacks: dict[str, int]
-    requests: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
 
 
 def instructions(
@@ -119,8 +107,9 @@ class OpenAIPromptWriter:
     """Writes M sentences per class with an OpenAI-compatible Chat Completions server.
 
     Every sentence is checked: it must name its own class and no other class of the dataset. Bad answers (not JSON,
-    missing or renamed classes, empty or failing sentences) are re-asked up to `max_reasks` times, only for what is
-    still missing; what is still missing then is filled with template sentences and counted.
+    missing or renamed classes, empty, failing or repeated sentences) are re-asked up to `max_reasks` times, only
+    for what is still missing and naming what was wrong; what is still missing then is filled with template
+    sentences and counted.
 
     Args:
         settings: the server, model and sampling settings.
@@ -141,6 +130,7 @@ class OpenAIPromptWriter:
         if not settings.model:
             raise ValueError("`model` is required for the openai backend (the paper used 'gpt-4-0613').")
         api_key = os.environ.get(settings.api_key_env)
+        self._key_was_set = bool(api_key)
         if not api_key:
             if settings.base_url is None:
                 raise ValueError(f"Set the API key in the environment variable {settings.api_key_env}.")
@@ -157,7 +147,8 @@ class OpenAIPromptWriter:
         self._json_mode = settings.json_mode
         self._jitter = random.Random()
 
-    def write_chunk(self, classes: Sequence[str]) -> ChunkResult:
+    def write_chunk(self, classes: Sequence[str], usage: UsageLedger) -> ChunkResult:
+        """M checked sentences for each of `classes`; every request made is added to `usage` as it is sent."""
         accepted: dict[str, list[str]] = {name: [] for name in classes}
         result = ChunkResult(sentences=accepted, template_fallbacks={})
         feedback: list[str] = []
@@ -165,7 +156,7 @@ class OpenAIPromptWriter:
             wanted = {name: self.num_prompts - len(found) for name, found in accepted.items() if len(found) < self.num_prompts}
             if not wanted:
                 break
-            answer = self._complete(instructions(self.description, self.class_names, wanted, feedback), result)
+            answer = self._complete(instructions(self.description, self.class_names, wanted, feedback), usage)
             feedback = self._accept(answer, wanted, accepted)
             for problem in feedback:
                 logger.info("Problem with an answer: %s", problem)
@@ -180,7 +171,10 @@ class OpenAIPromptWriter:
         return result
 
     def _accept(self, answer: str, wanted: dict[str, int], accepted: dict[str, list[str]]) -> list[str]:
-        """Takes the valid new sentences of an answer; returns what was wrong with it."""
+        """Takes the valid new sentences of an answer; returns what was wrong with it, each problem once.
+
+        A repeated sentence is named, so that the re-ask tells the model not to write it again; otherwise a model
+        that repeats itself would spend every re-ask on the same sentence."""
         try:
             parsed = json.loads(answer)
         except json.JSONDecodeError:
@@ -200,15 +194,18 @@ class OpenAIPromptWriter:
                 reasons = self.matcher.problems(sentence, name)
                 if reasons:
                     problems.append(f"for {name!r}, {sentence!r} was rejected: {'; '.join(reasons)}")
-                elif sentence not in accepted[name] and len(accepted[name]) < self.num_prompts:
+                elif sentence in accepted[name]:
+                    problems.append(f"for {name!r}, {sentence!r} repeats an earlier sentence; never write it again")
+                elif len(accepted[name]) < self.num_prompts:
                     accepted[name].append(sentence)
-        return problems
+        return list(dict.fromkeys(problems))
 
-    def _complete(self, user_message: str, result: ChunkResult) -> str:
-        """One chat completion, retried on rate limits, server errors, time-outs and dropped connections."""
+    def _complete(self, user_message: str, usage: UsageLedger) -> str:
+        """One chat completion, retried on rate limits, server errors, time-outs and dropped connections; every
+        attempt is counted in `usage` before it is sent, its tokens once it is answered."""
         messages = [{"role": "system", "content": SYSTEM_MESSAGE}, {"role": "user", "content": user_message}]
         for attempt in range(self.settings.max_retries + 1):
-            result.requests += 1
+            usage.add(requests=1)
             try:
                 extra = {"response_format": {"type": "json_object"}} if self._json_mode else {}
                 response = self.client.chat.completions.create(
@@ -219,6 +216,8 @@ class OpenAIPromptWriter:
                     logger.warning("The server refused JSON mode (HTTP 400); asking without it from now on.")
                     self._json_mode = False
                     continue
+                if error.status_code in _KEY_REFUSED_STATUS:
+                    raise _api_key_refused(error.status_code, self.settings.api_key_env, self._key_was_set) from None
                 if error.status_code not in _RETRIED_STATUS and error.status_code < 500:
                     raise PromptRequestError(f"The LLM server refused the request: HTTP {error.status_code}.") from None
                 delay = _retry_after_seconds(error)
@@ -227,8 +226,10 @@ class OpenAIPromptWriter:
                 delay, reason = None, type(error).__name__
             else:
                 if response.usage is not None:
-                    result.prompt_tokens += response.usage.prompt_tokens or 0
-                    result.completion_tokens += response.usage.completion_tokens or 0
+                    usage.add(
+                        prompt_tokens=response.usage.prompt_tokens or 0,
+                        completion_tokens=response.usage.completion_tokens or 0,
+                    )
                 return response.choices[0].message.content or "" if response.choices else ""
 
             if attempt == self.settings.max_retries:

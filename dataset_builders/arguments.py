@@ -1,0 +1,199 @@
+"""The options of `dalda augment` and `dalda demo` (and the class-list options `dalda prompts` shares), as
+`HfArgumentParser` dataclasses.
+
+This module imports nothing heavy, so `dalda <command> --help` answers at once. A dataclass's `_argument_group_name`
+(or, per field, its `_option_groups`) files its options under a heading of `--help`.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+@dataclass
+class ClassListArguments:
+    """Where the class names come from: a dataset (Hub id or local path) or a file."""
+
+    _argument_group_name = "data"
+
+    dataset: str | None = field(
+        default=None, metadata={"help": "A Hub dataset id, or a local folder (imagefolder, parquet, save_to_disk)."}
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "The dataset's configuration name."})
+    dataset_revision: str | None = field(default=None, metadata={"help": "A branch, tag or commit of a Hub dataset."})
+    split: str = field(default="train", metadata={"help": "The split whose label column names the classes."})
+    label_column: str = field(default="label", metadata={"help": "The label column (a ClassLabel, or class names)."})
+    class_names_file: str | None = field(
+        default=None, metadata={"help": "Instead of a dataset: one class name per line, or a JSON list of names."}
+    )
+
+    def __post_init__(self):
+        if (self.dataset is None) == (self.class_names_file is None):
+            raise ValueError("Give exactly one of `dataset` and `class_names_file`.")
+
+
+@dataclass
+class SourceArguments(ClassListArguments):
+    """The real images: a dataset with an image column and a label column, and how many to take per class."""
+
+    split: str = field(default="train", metadata={"help": "The split the real images are drawn from."})
+    class_names_file: str | None = field(
+        default=None,
+        metadata={"help": "The class names, when the label column holds names or indices without them (see above)."},
+    )
+    image_column: str = field(default="image", metadata={"help": "The image column."})
+    num_shots: int = field(default=1, metadata={"help": "Real images per class (n)."})
+    shot_selection: Literal["random", "paper"] = field(
+        default="random",
+        metadata={
+            "help": "How the n shots are drawn: 'random' (each class its own stream), or 'paper' (the paper's split "
+            "protocol: the first n of the first half of each class's permutation, so `dalda evaluate` can test on "
+            "the second half)."
+        },
+    )
+    allow_fewer_shots: bool = field(
+        default=False, metadata={"help": "Take every image of a class that has fewer than n, instead of failing."}
+    )
+
+    def __post_init__(self):
+        if self.dataset is None:
+            raise ValueError("`dataset` is required: a Hub dataset id or a local folder.")
+        if self.num_shots < 1:
+            raise ValueError(f"`num_shots` must be >= 1, got {self.num_shots}.")
+        if self.shot_selection not in ("random", "paper"):
+            raise ValueError(f"`shot_selection` must be 'random' or 'paper', got {self.shot_selection!r}.")
+
+
+METHODS = ("dalda", "real_guidance")
+
+
+def method_defaults(method: str) -> dict[str, Any]:
+    """The settings `method` uses where [`AugmentArguments`] leaves them unset.
+
+    DALDA: the paper's (DESIGN §2, Table 4). Real Guidance: DA-Fusion's, which the paper ran as its baseline, calls
+    diffusers' img2img with its default 50 steps (25 run at strength 0.5), no prompt prefix and no negative prompt.
+    """
+    # Imported here: the pipeline module loads torch and diffusers, which `--help` must not wait for.
+    from pipeline_dalda.pipeline import DEFAULT_NEGATIVE_PROMPT, DEFAULT_PROMPT_PREFIX
+
+    if method == "dalda":
+        return {
+            "num_inference_steps": 30,
+            "prompt_prefix": DEFAULT_PROMPT_PREFIX,
+            "negative_prompt": DEFAULT_NEGATIVE_PROMPT,
+        }
+    return {"num_inference_steps": 50, "prompt_prefix": "", "negative_prompt": ""}
+
+
+@dataclass
+class AugmentArguments:
+    """How `dalda augment` builds the augmented dataset."""
+
+    _option_groups = {
+        "prompts": ("method", "prompt_bank", "base_prompt", "num_prompts", "prompt_prefix", "negative_prompt"),
+        "AGS": ("clip_score_mode",),
+        "sampling": ("seed", "num_inference_steps", "guidance_scale", "real_guidance_strength", "batch_size"),
+        "output": ("output_dir", "real_images_per_shard", "contact_sheet_rows", "push_to_hub", "private"),
+    }
+    """The `--help` heading of each option (read by the `dalda` command line; other parsers ignore it)."""
+
+    output_dir: str = field(metadata={"help": "The dataset folder to write (Hub layout); rerun to resume it."})
+    method: Literal["dalda", "real_guidance"] = field(
+        default="dalda",
+        metadata={
+            "help": "'dalda': prompts + IP-Adapter with the real image + AGS. 'real_guidance': the paper's baseline "
+            "(DA-Fusion's Real Guidance), Stable Diffusion img2img from the real image with the prompt "
+            "'a photo of a {class}'; it takes no prompt bank and loads no IP-Adapter.",
+        },
+    )
+    prompt_bank: str | None = field(
+        default=None, metadata={"help": "A prompt bank from `dalda prompts` (method 'dalda')."}
+    )
+    base_prompt: bool = field(
+        default=False,
+        metadata={"help": "Use 'a photo of a {class}' instead of a prompt bank (ablation)."},
+    )
+    num_prompts: int = field(default=10, metadata={"help": "Synthetic images per real image (M)."})
+    prompt_prefix: str | None = field(
+        default=None,
+        metadata={
+            "help": "Put before every prompt; unset: DALDA's (`DEFAULT_PROMPT_PREFIX`), none for real_guidance.",
+        },
+    )
+    negative_prompt: str | None = field(
+        default=None,
+        metadata={
+            "help": "Unset: DALDA's (`DEFAULT_NEGATIVE_PROMPT`), none for real_guidance; '' for none.",
+        },
+    )
+    clip_score_mode: Literal["probability", "cosine"] = field(
+        default="probability",
+        metadata={
+            "help": "CLIPScore: 'probability', the softmax of CLIP's logits over every class prompt, read at the "
+            "image's class (the paper); 'cosine', the image–class-prompt cosine similarity.",
+        },
+    )
+    seed: int = field(default=0, metadata={"help": "Seeds the few-shot selection, every λ and every image."})
+    num_inference_steps: int | None = field(
+        default=None,
+        metadata={"help": "DDIM steps; unset: 30 for dalda (the paper), 50 for real_guidance."},
+    )
+    guidance_scale: float = field(default=7.5, metadata={"help": "Classifier-free guidance scale (the paper: 7.5)."})
+    real_guidance_strength: float = field(
+        default=0.5,
+        metadata={
+            "help": "img2img strength of `real_guidance`, in (0, 1]: how far the real image is noised before "
+            "denoising; int(num_inference_steps · strength) steps run.",
+        },
+    )
+    batch_size: int = field(default=8, metadata={"help": "Synthetic images denoised together in one pass."})
+    real_images_per_shard: int = field(
+        default=4, metadata={"help": "Real images per parquet shard (the unit a rerun resumes)."}
+    )
+    contact_sheet_rows: int = field(default=8, metadata={"help": "Real images shown in contact_sheet.png."})
+    push_to_hub: str | None = field(
+        default=None,
+        metadata={"help": "ORG/NAME of a Hub dataset repo to upload to (token: HF_TOKEN)."},
+    )
+    private: bool = field(default=False, metadata={"help": "Create the Hub repo as private."})
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"`method` must be one of {METHODS}, got {self.method!r}.")
+        for name, value in method_defaults(self.method).items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        for name in ("num_prompts", "batch_size", "real_images_per_shard", "num_inference_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}.")
+        if self.method == "real_guidance":
+            self._check_real_guidance()
+        elif (self.prompt_bank is None) == (not self.base_prompt):
+            raise ValueError("Give exactly one of `prompt_bank` and `base_prompt`.")
+
+    def _check_real_guidance(self) -> None:
+        """Real Guidance always prompts 'a photo of a {class}': a prompt bank given with it would go unused while
+        the run's record named it, so it is refused rather than ignored."""
+        if self.prompt_bank is not None or self.base_prompt:
+            raise ValueError(
+                "`method='real_guidance'` always uses the prompt 'a photo of a {class}'; give neither `prompt_bank` "
+                "nor `base_prompt` (or use `method='dalda'`)."
+            )
+        if not 0 < self.real_guidance_strength <= 1:
+            raise ValueError(f"`real_guidance_strength` must be in (0, 1], got {self.real_guidance_strength}.")
+        if int(self.num_inference_steps * self.real_guidance_strength) < 1:
+            raise ValueError(
+                f"img2img runs int(num_inference_steps · real_guidance_strength) = int({self.num_inference_steps} · "
+                f"{self.real_guidance_strength}) = 0 denoising steps; raise either."
+            )
+
+
+@dataclass
+class DemoArguments:
+    """What `dalda demo` draws and makes."""
+
+    output_dir: str = field(default="dalda-demo", metadata={"help": "Where the demo writes everything."})
+    images_per_class: int = field(default=2, metadata={"help": "Real images per class (n)."})
+    test_images_per_class: int = field(
+        default=6, metadata={"help": "Further images per class, left unselected: the evaluation's test set."}
+    )
+    num_prompts: int = field(default=3, metadata={"help": "Synthetic images per real image (M)."})

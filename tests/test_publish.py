@@ -1,0 +1,109 @@
+"""The pipeline's Hub repository: written by `dalda pipeline-repo`, loaded with real `from_pretrained(...,
+custom_pipeline=<folder>)`, and pushed to the loopback Hub double."""
+
+import ast
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from diffusers import DiffusionPipeline
+from huggingface_hub import ModelCard
+
+import pipeline_dalda
+from pipeline_dalda import DALDA_SCHEDULER_CONFIG
+from pipeline_dalda.arguments import ModelArguments
+from pipeline_dalda.publish import FOLDER_PLACEHOLDER, write_pipeline_repo
+
+from .conftest import generate_two_items, load_ip_adapter
+from .helpers import run_dalda
+from .hub_server import SECRET_TOKEN, HubServer
+
+
+PACKAGE_PIPELINE_FILE = Path(pipeline_dalda.__file__).with_name("pipeline.py")
+
+
+def example_calls(card: ModelCard) -> dict[str, ast.Call]:
+    """The calls of the card's Python example by the name called (`from_pretrained`, `load_ip_adapter`, ...), for
+    the first call of each name; parsing it also proves the rendered example is valid Python."""
+    (example,) = re.findall(r"```python\n(.*?)```", card.text, flags=re.S)
+    calls = {}
+    for node in ast.walk(ast.parse(example)):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            calls.setdefault(node.func.attr, node)
+    return calls
+
+
+def literal_keywords(call: ast.Call) -> dict:
+    """The call's keyword arguments whose values are literals, by name."""
+    return {
+        keyword.arg: ast.literal_eval(keyword.value)
+        for keyword in call.keywords
+        if isinstance(keyword.value, ast.Constant)
+    }
+
+
+def test_the_folder_holds_the_pipeline_file_and_a_card_that_loads_it(tmp_path):
+    folder = write_pipeline_repo(tmp_path / "dalda-pipeline", repo_id="org/dalda-pipeline")
+    assert sorted(path.name for path in folder.iterdir()) == ["README.md", "pipeline.py"]
+    assert (folder / "pipeline.py").read_bytes() == PACKAGE_PIPELINE_FILE.read_bytes()
+
+    card = ModelCard.load(folder / "README.md")
+    models = ModelArguments()
+    assert card.data.library_name == "diffusers" and card.data.license == "apache-2.0"
+    assert card.data.base_model == models.pretrained_model_name_or_path
+    assert {"diffusers", "ip-adapter", "data-augmentation"} <= set(card.data.tags)
+
+    calls = example_calls(card)
+    load = calls["from_pretrained"]
+    assert load.func.value.id == "DiffusionPipeline"
+    assert ast.literal_eval(load.args[0]) == models.pretrained_model_name_or_path
+    assert literal_keywords(load)["custom_pipeline"] == "org/dalda-pipeline"
+    assert literal_keywords(load)["trust_remote_code"] is True
+    assert {"clip_model", "clip_processor"} <= {keyword.arg for keyword in load.keywords}
+    assert literal_keywords(calls["from_config"]) == DALDA_SCHEDULER_CONFIG
+    ip_adapter = calls["load_ip_adapter"]
+    assert ast.literal_eval(ip_adapter.args[0]) == models.ip_adapter
+    assert literal_keywords(ip_adapter) == {
+        "subfolder": models.ip_adapter_subfolder,
+        "weight_name": models.ip_adapter_weight_name,
+    }
+
+
+def test_without_a_repo_id_the_card_loads_from_the_folder_and_a_foreign_folder_is_refused(tmp_path):
+    folder = write_pipeline_repo(tmp_path / "dalda-pipeline")
+    calls = example_calls(ModelCard.load(folder / "README.md"))
+    assert literal_keywords(calls["from_pretrained"])["custom_pipeline"] == FOLDER_PLACEHOLDER
+
+    write_pipeline_repo(folder, repo_id="org/dalda-pipeline")  # rewriting its own folder is fine
+    (folder / "notes.txt").write_text("not for the Hub")
+    with pytest.raises(ValueError, match="notes.txt"):
+        write_pipeline_repo(folder)
+
+
+def test_custom_pipeline_loads_the_written_folder(tiny_models, dalda_pipe, tmp_path):
+    folder = write_pipeline_repo(tmp_path / "dalda-pipeline")
+    pipe = DiffusionPipeline.from_pretrained(
+        tiny_models.stable_diffusion, custom_pipeline=str(folder), trust_remote_code=True
+    )
+    assert type(pipe).__name__ == "DALDAPipeline"
+    images = generate_two_items(load_ip_adapter(pipe, tiny_models))
+    assert images.shape[0] == 2
+    np.testing.assert_allclose(images, generate_two_items(dalda_pipe), atol=1e-6)
+
+
+def test_push_to_hub_uploads_the_pipeline_repo_and_never_the_token(tmp_path):
+    folder = tmp_path / "dalda-pipeline"
+    with HubServer() as hub:
+        result = run_dalda(
+            "pipeline-repo", "--output_dir", folder, "--push_to_hub", "org/dalda-pipeline", "--private", env=hub.env
+        )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert hub.created == [{"name": "dalda-pipeline", "organization": "org", "visibility": "private", "type": "model"}]
+    assert hub.commit_repos == ["models/org/dalda-pipeline"]
+    assert hub.authorizations == {f"Bearer {SECRET_TOKEN}"}
+    assert sorted(hub.committed) == ["README.md", "pipeline.py"]
+    assert hub.committed["pipeline.py"] == PACKAGE_PIPELINE_FILE.read_bytes()
+    assert hub.committed["README.md"] == (folder / "README.md").read_bytes()
+    assert 'custom_pipeline="org/dalda-pipeline"' in hub.committed["README.md"].decode()
+    assert SECRET_TOKEN not in result.stdout + result.stderr
