@@ -6,7 +6,13 @@ This module imports nothing heavy, so `dalda <command> --help` answers at once. 
 """
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
+
+
+ShotSelection = Literal["random", "paper"]
+Method = Literal["dalda", "real_guidance"]
+CLIPScoreMode = Literal["probability", "cosine"]
+"""The modes of `CLIPScorer` (its `CLIP_SCORE_MODES`; a test keeps the two in step)."""
 
 
 @dataclass
@@ -35,14 +41,18 @@ class ClassListArguments:
 class SourceArguments(ClassListArguments):
     """The real images: a dataset with an image column and a label column, and how many to take per class."""
 
+    dataset: str | None = field(
+        default=None,
+        metadata={"help": "Required: a Hub dataset id, or a local folder (imagefolder, parquet, save_to_disk)."},
+    )
     split: str = field(default="train", metadata={"help": "The split the real images are drawn from."})
     class_names_file: str | None = field(
         default=None,
-        metadata={"help": "The class names, when the label column holds names or indices without them (see above)."},
+        metadata={"help": "The class names (a file, one per line), when the label column has no ClassLabel names."},
     )
     image_column: str = field(default="image", metadata={"help": "The image column."})
     num_shots: int = field(default=1, metadata={"help": "Real images per class (n)."})
-    shot_selection: Literal["random", "paper"] = field(
+    shot_selection: ShotSelection = field(
         default="random",
         metadata={
             "help": "How the n shots are drawn: 'random' (each class its own stream), or 'paper' (the paper's split "
@@ -59,11 +69,9 @@ class SourceArguments(ClassListArguments):
             raise ValueError("`dataset` is required: a Hub dataset id or a local folder.")
         if self.num_shots < 1:
             raise ValueError(f"`num_shots` must be >= 1, got {self.num_shots}.")
-        if self.shot_selection not in ("random", "paper"):
-            raise ValueError(f"`shot_selection` must be 'random' or 'paper', got {self.shot_selection!r}.")
-
-
-METHODS = ("dalda", "real_guidance")
+        if self.shot_selection not in get_args(ShotSelection):
+            choices = get_args(ShotSelection)
+            raise ValueError(f"`shot_selection` must be one of {choices}, got {self.shot_selection!r}.")
 
 
 def method_defaults(method: str) -> dict[str, Any]:
@@ -97,7 +105,7 @@ class AugmentArguments:
     """The `--help` heading of each option (read by the `dalda` command line; other parsers ignore it)."""
 
     output_dir: str = field(metadata={"help": "The dataset folder to write (Hub layout); rerun to resume it."})
-    method: Literal["dalda", "real_guidance"] = field(
+    method: Method = field(
         default="dalda",
         metadata={
             "help": "'dalda': prompts + IP-Adapter with the real image + AGS. 'real_guidance': the paper's baseline "
@@ -125,7 +133,7 @@ class AugmentArguments:
             "help": "Unset: DALDA's (`DEFAULT_NEGATIVE_PROMPT`), none for real_guidance; '' for none.",
         },
     )
-    clip_score_mode: Literal["probability", "cosine"] = field(
+    clip_score_mode: CLIPScoreMode = field(
         default="probability",
         metadata={
             "help": "CLIPScore: 'probability', the softmax of CLIP's logits over every class prompt, read at the "
@@ -152,13 +160,13 @@ class AugmentArguments:
     contact_sheet_rows: int = field(default=8, metadata={"help": "Real images shown in contact_sheet.png."})
     push_to_hub: str | None = field(
         default=None,
-        metadata={"help": "ORG/NAME of a Hub dataset repo to upload to (token: HF_TOKEN)."},
+        metadata={"help": "ORG/NAME of a Hub dataset repo to upload to (token: HF_TOKEN or `hf auth login`)."},
     )
     private: bool = field(default=False, metadata={"help": "Create the Hub repo as private."})
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise ValueError(f"`method` must be one of {METHODS}, got {self.method!r}.")
+        if self.method not in get_args(Method):
+            raise ValueError(f"`method` must be one of {get_args(Method)}, got {self.method!r}.")
         for name, value in method_defaults(self.method).items():
             if getattr(self, name) is None:
                 setattr(self, name, value)

@@ -13,20 +13,37 @@ generator per item, which draws λ as it would for a Python user.
 
 `method="real_guidance"` makes the paper's first baseline, Real Guidance, in the same rows and layout: the two methods
 differ only in how a batch of synthetic images is generated ([`DALDAGeneration`], [`RealGuidanceGeneration`]).
+
+Keeping the accelerator busy: the CLIPScores are computed first, in batches. Then each process builds its shards as
+a pipeline of four stages, so that denoising waits for nothing but denoising ([`DatasetAugmenter.build_shards`]):
+
+1. decode — a background thread decodes the next shard's real images (EXIF, any mode) while this shard denoises;
+2. generate — this thread encodes the shard's real images for the IP-Adapter (once, batched) and denoises its
+   synthetic images in batches of `batch_size`, across real images;
+3. encode — a thread pool resizes each finished batch back to its real images' sizes and PNG-encodes it while the
+   next batch denoises;
+4. write — a background thread writes the finished shard (its report, then its parquet file, each atomically)
+   while the next shard starts.
+
+The threads only move work in time, never change it: a shard holds the same rows however it was built. A shard is on
+disk only once complete, so a crash loses at most the shards being built or waiting to be written; the rerun makes
+them again, exactly.
 """
 
 import hashlib
 import json
 import logging
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Iterator, Protocol
+from typing import Any, Iterator, NamedTuple, Protocol
 
 import datasets
 import PIL.Image
+from datasets.features.image import encode_pil_image
 import torch
 from accelerate import PartialState
 from diffusers import StableDiffusionImg2ImgPipeline
@@ -39,7 +56,7 @@ from pipeline_dalda.images import BadImage, load_image
 from pipeline_dalda.loading import load_dalda_pipeline
 from pipeline_dalda.pipeline import class_prompt
 from pipeline_dalda.prompts import PromptBank
-from pipeline_dalda.resume import ensure_same_settings
+from pipeline_dalda.resume import ensure_same_settings, record_settings
 from pipeline_dalda.seeding import item_seed, noise_generator, scale_generator
 
 from .arguments import AugmentArguments, SourceArguments
@@ -49,6 +66,12 @@ from .source import RealImages, load_real_images, select_few_shot
 
 
 logger = logging.getLogger(__name__)
+
+ENCODER_THREADS = 2
+"""Threads that PNG-encode finished images while the next batch denoises."""
+SCORING_BATCH_SIZE = 32
+"""Real images per CLIPScore call; fixed, so that the scores do not depend on `batch_size`."""
+
 
 def class_prompts(args: AugmentArguments, class_names: list[str]) -> dict[str, list[str]]:
     """M prompts per class: from the bank, or "a photo of a {class}" (`base_prompt`, and always for Real Guidance)."""
@@ -178,11 +201,20 @@ class RealGuidanceGeneration:
         return images, [None] * len(items)
 
 
+class RealRow(NamedTuple):
+    """A usable real row of a shard: its source row, its image as stored, and decoded."""
+
+    source_index: int
+    stored: dict
+    image: PIL.Image.Image
+
+
 @dataclass
 class OutputRow:
     """One row of the augmented dataset, by column ([`output_features`]); a real image has no prompt, λ or seed."""
 
-    image: PIL.Image.Image | dict
+    image: dict | Future
+    """The stored image (`{"bytes": ..., "path": None}`), or the encoding that will give it."""
     label: int
     is_synthetic: bool
     source_index: int
@@ -217,57 +249,112 @@ class DatasetAugmenter:
             else DALDAGeneration(pipe, args, ags, source_args.num_shots)
         )
 
-    def build_shard(self, index: int, count: int, source_indices: list[int]) -> None:
-        """Generates a shard's rows with `datasets.map` and writes them; its report is saved first, so a shard's
-        parquet file existing means the shard is finished."""
+    def build_shards(self, shards: list[tuple[int, list[int]]], count: int) -> None:
+        """Builds `shards` — (shard index, source rows) each — one after another, decoding the next shard's real
+        images and writing finished shards in the background (see the module docstring)."""
+        with (
+            _datasets_progress_bars_hidden(),  # the run's own bar counts images across shards
+            ThreadPoolExecutor(1, thread_name_prefix="dalda-decode") as decoder,
+            ThreadPoolExecutor(ENCODER_THREADS, thread_name_prefix="dalda-encode") as encoder,
+            ThreadPoolExecutor(1, thread_name_prefix="dalda-write") as writer,
+        ):
+            decoded = decoder.submit(self._decode, shards[0][1]) if shards else None
+            written: Future | None = None
+            for position, (index, source_indices) in enumerate(shards):
+                images = decoded.result()
+                if position + 1 < len(shards):
+                    decoded = decoder.submit(self._decode, shards[position + 1][1])
+                shard, report = self._generate_shard(source_indices, images, encoder)
+                if written is not None:
+                    written.result()  # a failed write stops the run here; at most one shard waits in memory
+                written = writer.submit(self._write_shard, index, count, shard, report)
+            if written is not None:
+                written.result()
+
+    def _decode(self, source_indices: list[int]) -> dict[int, PIL.Image.Image | BadImage]:
+        """Each source row's real image, decoded, or why it cannot be."""
+        values = self.real.dataset.select(source_indices)[self.source_args.image_column]
+        decoded: dict[int, PIL.Image.Image | BadImage] = {}
+        for source_index, value in zip(source_indices, values):
+            try:
+                decoded[source_index] = load_image(value)
+            except BadImage as error:
+                decoded[source_index] = error
+        return decoded
+
+    def _generate_shard(
+        self, source_indices: list[int], decoded: dict[int, PIL.Image.Image | BadImage], encoder: ThreadPoolExecutor
+    ) -> tuple[datasets.Dataset, dict[str, Any]]:
+        """A shard's rows, made by `datasets.map` from its real rows, and its report."""
         skipped: list[dict[str, Any]] = []
         rows = self.real.dataset.select(source_indices).add_column("source_index", source_indices)
-        with _datasets_progress_bars_hidden():  # the run's own bar counts images across shards
-            shard = rows.map(
-                partial(self._augment_batch, skipped=skipped),
-                batched=True,
-                batch_size=len(source_indices),
-                remove_columns=rows.column_names,
-                features=self.features,
-                keep_in_memory=True,
-            )
-            output_dir = Path(self.args.output_dir)
-            report = {"skipped": skipped, "process": self.process_index}
-            write_json_atomically(output_dir / WORK_DIR / "reports" / f"shard-{index:05d}.json", report)
-            write_shard(shard, shard_path(output_dir, index, count), output_dir)
+        shard = rows.map(
+            partial(self._augment_batch, decoded=decoded, encoder=encoder, skipped=skipped),
+            batched=True,
+            batch_size=len(source_indices),
+            remove_columns=rows.column_names,
+            features=self.features,
+            keep_in_memory=True,
+        )
+        return shard, {"skipped": skipped, "process": self.process_index}
 
-    def _augment_batch(self, batch: dict[str, list], skipped: list[dict[str, Any]]) -> dict[str, list]:
+    def _write_shard(self, index: int, count: int, shard: datasets.Dataset, report: dict[str, Any]) -> None:
+        """Writes a shard's report, then its parquet file: the parquet file existing means the shard is finished."""
+        output_dir = Path(self.args.output_dir)
+        write_json_atomically(output_dir / WORK_DIR / "reports" / f"shard-{index:05d}.json", report)
+        write_shard(shard, shard_path(output_dir, index, count), output_dir)
+
+    def _augment_batch(
+        self,
+        batch: dict[str, list],
+        decoded: dict[int, PIL.Image.Image | BadImage],
+        encoder: ThreadPoolExecutor,
+        skipped: list[dict[str, Any]],
+    ) -> dict[str, list]:
         """Real rows in, real + synthetic rows out (each real row followed by its synthetic rows)."""
-        reals = []  # (source_index, stored image, decoded image) of every usable real row
+        reals: list[RealRow] = []  # every usable real row
         for source_index, value in zip(batch["source_index"], batch[self.source_args.image_column]):
-            try:
-                reals.append((source_index, value, load_image(value)))
-            except BadImage as error:
-                logger.warning("Skipping source row %d: %s", source_index, error)
-                skipped.append({"source_index": source_index, "reason": str(error)})
+            image = decoded[source_index]
+            if isinstance(image, BadImage):
+                logger.warning("Skipping source row %d: %s", source_index, image)
+                skipped.append({"source_index": source_index, "reason": str(image)})
                 self.progress.update(self.args.num_prompts)
+            else:
+                reals.append(RealRow(source_index, stored=value, image=image))
 
         rows_by_real: list[list[OutputRow]] = []
         items = []  # every synthetic image of the batch
-        for real_index, (source_index, value, _) in enumerate(reals):
+        for real_index, real_row in enumerate(reals):
+            source_index = real_row.source_index
             label, score = self.real.labels[source_index], self.clip_scores[source_index]
-            rows_by_real.append([OutputRow(embedded(value), label, False, source_index, clip_score=score)])
+            real_output = OutputRow(
+                image=embedded(real_row.stored), label=label, is_synthetic=False, source_index=source_index,
+                clip_score=score,
+            )
+            rows_by_real.append([real_output])
             prompts = self.prompts[self.real.class_names[label]]
             for prompt_index in range(self.args.num_prompts):
                 seed = item_seed(self.args.seed, source_index, prompt_index)
                 items.append(
-                    SyntheticItem(real_index, source_index, prompt_index, prompts[prompt_index], score, seed)
+                    SyntheticItem(
+                        real_index=real_index,
+                        source_index=source_index,
+                        prompt_index=prompt_index,
+                        prompt=prompts[prompt_index],
+                        clip_score=score,
+                        seed=seed,
+                    )
                 )
 
-        prepared = self.generation.prepare([image for _, _, image in reals]) if reals else None
+        prepared = self.generation.prepare([real_row.image for real_row in reals]) if reals else None
         for start in range(0, len(items), self.args.batch_size):
             batch_items = items[start : start + self.args.batch_size]
             images, scales = self.generation(prepared, batch_items)
             for item, generated, scale in zip(batch_items, images, scales):
-                real_size = reals[item.real_index][2].size
+                real_size = reals[item.real_index].image.size
                 rows_by_real[item.real_index].append(
                     OutputRow(
-                        image=generated.resize(real_size, PIL.Image.BILINEAR),
+                        image=encoder.submit(stored_image, generated, real_size),
                         label=self.real.labels[item.source_index],
                         is_synthetic=True,
                         source_index=item.source_index,
@@ -279,7 +366,15 @@ class DatasetAugmenter:
                 )
             self.progress.update(len(batch_items))
         rows = [row for real_rows in rows_by_real for row in real_rows]
+        for row in rows:
+            if isinstance(row.image, Future):
+                row.image = row.image.result()
         return {name: [getattr(row, name) for row in rows] for name in self.features}
+
+
+def stored_image(generated: PIL.Image.Image, size: tuple[int, int]) -> dict:
+    """A generated image as the dataset stores it: resized back to its real image's size, PNG-encoded."""
+    return encode_pil_image(generated.resize(size, PIL.Image.BILINEAR))
 
 
 def embedded(image: dict) -> dict:
@@ -292,22 +387,29 @@ def embedded(image: dict) -> dict:
 def score_real_images(
     pipe: DALDAPipeline, real: RealImages, selected: list[int], source_args: SourceArguments, args: AugmentArguments
 ) -> dict[int, float | None]:
-    """The CLIPScore of every selected real image (None where it cannot be decoded or no CLIP model is loaded).
+    """The CLIPScore of every selected real image (None where it cannot be decoded or no CLIP model is loaded),
+    scored as stored, in batches of [`SCORING_BATCH_SIZE`].
 
     Computed once per run and saved, so that λ's are the same whatever the shards, batches, processes or resumes:
     CLIP on the CPU can differ in the last bits from one call to the next.
     """
+    scores: dict[int, float | None] = dict.fromkeys(selected)
     if pipe.clip_model is None:
-        return {index: None for index in selected}
+        return scores
     scorer = pipe.clip_scorer(args.clip_score_mode)
-    scores = {}
-    for index in tqdm(selected, desc="CLIPScore", unit="img"):
-        try:
-            image = load_image(real.dataset[index][source_args.image_column])
-        except BadImage:
-            scores[index] = None
-            continue
-        scores[index] = scorer([image], [real.labels[index]], real.class_names).item()
+    with tqdm(total=len(selected), desc="CLIPScore", unit="img") as bar:
+        for start in range(0, len(selected), SCORING_BATCH_SIZE):
+            batch = selected[start : start + SCORING_BATCH_SIZE]
+            images = {}
+            for index, value in zip(batch, real.dataset.select(batch)[source_args.image_column]):
+                try:
+                    images[index] = load_image(value)
+                except BadImage:
+                    continue
+            labels = [real.labels[index] for index in images]
+            batch_scores = scorer(list(images.values()), labels, real.class_names) if images else []
+            scores.update(zip(images, (float(score) for score in batch_scores)))
+            bar.update(len(batch))
     return scores
 
 
@@ -334,7 +436,7 @@ def run_settings(
     if os.path.isdir(source["dataset"]):  # so that a record read from elsewhere still finds it
         source["dataset"] = os.path.abspath(source["dataset"])
     models = asdict(model_args)
-    for name in ("device", "dtype"):
+    for name in ("device", "dtype", "compile"):
         models.pop(name)
     return {"source": source, "generation": generation, "models": models, "ags": asdict(ags)}
 
@@ -362,13 +464,13 @@ def augment_dataset(
     prompts = class_prompts(args, real.class_names)
     settings = run_settings(source_args, args, model_args, ags)
     settings_file = output_dir / WORK_DIR / "run.json"
-    # The main process records the settings on a first start; then every process checks them.
+    # The main process records the settings on a first start; past the barrier, every process checks them (so that
+    # a refusal stops all of them alike, none left waiting).
     if state.is_main_process:
         remove_stale_temporaries(output_dir / WORK_DIR / "tmp")
-        ensure_same_settings(settings_file, settings, work=output_dir)
+        record_settings(settings_file, settings)
     state.wait_for_everyone()
-    if not state.is_main_process:
-        ensure_same_settings(settings_file, settings, work=output_dir)
+    ensure_same_settings(settings_file, settings, work=output_dir)
 
     size = args.real_images_per_shard
     shards = [selected[start : start + size] for start in range(0, len(selected), size)]
@@ -395,8 +497,7 @@ def augment_dataset(
                 augmenter = DatasetAugmenter(
                     pipe, real, prompts, source_args, args, ags, clip_scores, bar, state.process_index
                 )
-                for index in mine:
-                    augmenter.build_shard(index, len(shards), shards[index])
+                augmenter.build_shards([(index, shards[index]) for index in mine], len(shards))
     state.wait_for_everyone()
     if not state.is_main_process:
         return None

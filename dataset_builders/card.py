@@ -77,7 +77,7 @@ def card_data(public: dict[str, Any], class_names: list[str], num_rows: int, dow
     """
     dataset, method = public["source"]["dataset"], public["generation"]["method"]
     data = DatasetCardData(
-        pretty_name=f"{dataset} augmented with {method_label(public)}",
+        pretty_name=f"{dataset.removeprefix(LOCAL_PREFIX)} augmented with {method_label(public)}",
         license="other",
         license_name=LICENSE_NAME,
         license_link=OPENRAIL_M_LINK,

@@ -1,6 +1,5 @@
 """The end of a run: read back every shard, summarise it, draw the contact sheet and write the dataset card."""
 
-import io
 import json
 import logging
 from pathlib import Path
@@ -11,6 +10,8 @@ import PIL.Image
 import PIL.ImageDraw
 import PIL.ImageOps
 import pyarrow.parquet as pq
+
+from pipeline_dalda.images import load_image
 
 from .card import dataset_card, write_dataset_card
 from .hub_layout import WORK_DIR, shard_path, write_run_record
@@ -49,7 +50,7 @@ def _contact_sheet_groups(files: list[Path], class_names: list[str], rows: int) 
     for path in files:
         table = pq.read_table(path, columns=["image", *_STAT_COLUMNS])
         for record in table.to_pylist():
-            image = PIL.Image.open(io.BytesIO(record["image"]["bytes"]))
+            image = load_image(record["image"])
             group = groups.setdefault(record["source_index"], [None, "", []])
             if record["is_synthetic"]:
                 scale = record["ip_adapter_scale"]

@@ -19,7 +19,7 @@ def looks_local(path: str) -> bool:
 
 def check_dataset_exists(path: str) -> None:
     """Fails at once, naming `path`, when it is meant as a local dataset folder and is not one."""
-    if looks_local(path) and not os.path.isdir(path):
+    if looks_local(path) and not os.path.isdir(os.path.expanduser(path)):
         what = "a file, not a dataset folder" if os.path.exists(path) else "not there"
         raise ValueError(f"The dataset {path!r} is {what}; give a local dataset folder or a Hub dataset id.")
 
@@ -27,6 +27,7 @@ def check_dataset_exists(path: str) -> None:
 def load_split(path: str, config: str | None, revision: str | None, split: str) -> datasets.Dataset:
     """One split of a Hub dataset or of a local folder (imagefolder, parquet, or a `save_to_disk` folder)."""
     check_dataset_exists(path)
+    path = os.path.expanduser(path)
     if os.path.isdir(path) and (Path(path, "dataset_info.json").exists() or Path(path, "dataset_dict.json").exists()):
         loaded = datasets.load_from_disk(path)
         if isinstance(loaded, datasets.DatasetDict):

@@ -7,7 +7,7 @@ imported where an option is turned into a model or a setting, after parsing.
 
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, get_args
 from urllib.parse import urlsplit
 
 
@@ -15,6 +15,20 @@ if TYPE_CHECKING:
     import torch
 
     from .pipeline import AdaptiveGuidanceScaling
+
+
+AGSMode = Literal["truncnorm", "reference", "random", "fixed"]
+"""The modes of `AdaptiveGuidanceScaling` (its `AGS_MODES`; a test keeps the two in step)."""
+Backend = Literal["template", "openai", "file"]
+
+
+def resolve_device(device: str) -> "torch.device":
+    """A device option as a torch device: 'auto' is CUDA when available, else the CPU."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
 
 
 @dataclass
@@ -45,15 +59,19 @@ class ModelArguments:
     )
     device: str = field(default="auto", metadata={"help": "'auto' (CUDA when available), 'cuda:1', 'cpu', ..."})
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = field(
-        default="auto", metadata={"help": "'auto': float16 on CUDA, float32 elsewhere."}
+        default="auto",
+        metadata={"help": "'auto': float16 on CUDA, float32 elsewhere. CLIPScore is always computed in float32."},
+    )
+    compile: bool = field(
+        default=False,
+        metadata={
+            "help": "torch.compile the UNet: one graph per batch size, which new per-item λ's do not recompile; "
+            "pays for its compile time on long runs."
+        },
     )
 
     def resolved_device(self) -> "torch.device":
-        import torch
-
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
+        return resolve_device(self.device)
 
     def resolved_dtype(self) -> "torch.dtype":
         import torch
@@ -70,7 +88,7 @@ class AGSArguments:
 
     _argument_group_name = "AGS"
 
-    ags_mode: Literal["truncnorm", "reference", "random", "fixed"] = field(
+    ags_mode: AGSMode = field(
         default="truncnorm",
         metadata={
             "help": "'truncnorm': the paper's truncated normal, every λ inside its range (the default). 'reference': "
@@ -84,7 +102,7 @@ class AGSArguments:
     low_max: float = field(default=0.9, metadata={"help": "Upper end of λ for low CLIPScores."})
     high_min: float = field(default=0.1, metadata={"help": "Lower end of λ for high CLIPScores (let the text vary)."})
     high_max: float = field(default=0.4, metadata={"help": "Upper end of λ for high CLIPScores."})
-    sigma_per_shot: float = field(default=0.05, metadata={"help": "σ per real image of a class: σ = that · n."})
+    sigma_per_shot: float = field(default=0.05, metadata={"help": "σ = sigma_per_shot · n (n real images a class)."})
     sigma: float | None = field(default=None, metadata={"help": "A fixed σ, instead of sigma_per_shot·n."})
     fixed_scale: float | None = field(default=None, metadata={"help": "λ of every image in the 'fixed' mode."})
 
@@ -92,8 +110,8 @@ class AGSArguments:
         """The pipeline's AGS settings (which check them)."""
         from .pipeline import AdaptiveGuidanceScaling
 
-        settings = {field.name: getattr(self, field.name) for field in fields(self) if field.name != "ags_mode"}
-        return AdaptiveGuidanceScaling(mode=self.ags_mode, **settings)
+        settings = {option.name: getattr(self, option.name) for option in fields(self)}
+        return AdaptiveGuidanceScaling(mode=settings.pop("ags_mode"), **settings)
 
 
 DEPRECATED_OPTIONS = {"mode": "ags_mode"}
@@ -139,7 +157,7 @@ class PromptArguments:
     _argument_group_name = "prompts"
 
     output: str = field(metadata={"help": "The prompt bank JSON file to write."})
-    backend: Literal["template", "openai", "file"] = field(
+    backend: Backend = field(
         default="template",
         metadata={
             "help": "'template': offline sentences from templates. 'openai': any OpenAI-compatible chat server "
@@ -157,8 +175,8 @@ class PromptArguments:
     input_bank: str | None = field(default=None, metadata={"help": "The bank the 'file' backend imports."})
 
     def __post_init__(self):
-        if self.backend not in ("template", "openai", "file"):
-            raise ValueError(f"`backend` must be 'template', 'openai' or 'file', got {self.backend!r}.")
+        if self.backend not in get_args(Backend):
+            raise ValueError(f"`backend` must be one of {get_args(Backend)}, got {self.backend!r}.")
         for name in ("num_prompts", "chunk_size", "max_concurrency"):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}.")

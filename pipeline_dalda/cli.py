@@ -15,7 +15,7 @@ import logging
 import os
 import sys
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Callable, Sequence, get_type_hints
+from typing import Any, Callable, Literal, Sequence, get_args, get_origin, get_type_hints
 
 from transformers import HfArgumentParser
 
@@ -33,6 +33,8 @@ from .arguments import (
 
 logger = logging.getLogger("dalda")
 
+RESUMABLE = ("augment", "prompts")
+"""The commands a rerun resumes."""
 DEBUG_FLAG = "--debug"
 DEBUG_VARIABLE = "DALDA_DEBUG"
 
@@ -65,7 +67,7 @@ def _prompts_command():
         try:
             generate_prompt_bank(args, load_class_names(class_list), llm)
         except PromptRequestError as error:
-            raise SystemExit(f"dalda prompts: {error}") from error
+            raise ValueError(str(error)) from error  # an expected failure: one line, unless --debug
 
     return (PromptArguments, ClassListArguments, LLMSettings), prompts
 
@@ -134,7 +136,9 @@ class Command:
 
 
 COMMANDS = {
-    "demo": Command("Run the whole job offline on a small drawn dataset with tiny models (about a minute).", _demo_command),
+    "demo": Command(
+        "Run the whole job offline on a small drawn dataset with tiny models (about a minute).", _demo_command
+    ),
     "augment": Command(
         "Augment a few-shot dataset with DALDA into a Hub-layout dataset (resumable; runs under accelerate).",
         _augment_command,
@@ -147,7 +151,9 @@ COMMANDS = {
         "Put several `dalda evaluate` reports side by side (the paper's Table 2 and accuracy vs shots).",
         _compare_command,
     ),
-    "prompts": Command("Write M scene sentences per class (LLM, templates or a file) as a prompt bank.", _prompts_command),
+    "prompts": Command(
+        "Write M scene sentences per class (LLM, templates or a file) as a prompt bank.", _prompts_command
+    ),
     "generate": Command("Generate images from real images and prompts with DALDAPipeline.", _generate_command),
     "pipeline-repo": Command(
         "Write (and push) a Hub pipeline repository that loads with `custom_pipeline=`.", _pipeline_repo_command
@@ -159,8 +165,8 @@ COMMANDS = {
 
 
 GROUPS = {
-    "data": "The source dataset and the few-shot selection of real images.",
-    "prompts": "What each synthetic image is prompted with.",
+    "data": "Where the images and the class names come from.",
+    "prompts": "The text prompts, and how they are made.",
     "LLM": "The OpenAI-compatible chat server that writes the sentences (the 'openai' backend).",
     "AGS": "Adaptive Guidance Scaling: how each synthetic image's IP-Adapter weight λ is drawn from its real image's "
     "CLIPScore (the README's 'Which AGS mode' says which to use).",
@@ -176,7 +182,12 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     not for required options, nor `None`."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        if action.required or action.default is None:
+        negated = [option for option in action.option_strings if option.startswith("--no_")]
+        if negated:  # the `--no_x` twin of a boolean option `--x`
+            return f"Turn off --{negated[0][len('--no_'):]}."
+        if action.required:
+            return f"{action.help} (required)"
+        if action.default in (None, "", []):
             return action.help or ""
         return super()._get_help_string(action)
 
@@ -222,7 +233,7 @@ class DaldaArgumentParser(HfArgumentParser):
 
 
 def _renamed_options(options: list[str]) -> list[str]:
-    """`options` with every deprecated option name replaced by its new name, with a warning for each."""
+    """`options` with every deprecated AGS option name replaced by its new name, with a warning for each."""
     renamed = []
     for option in options:
         name, equals, value = option.partition("=")
@@ -235,7 +246,7 @@ def _renamed_options(options: list[str]) -> list[str]:
 
 
 def _renamed_keys(config: dict[str, Any], path: str) -> dict[str, Any]:
-    """A config file's options with every deprecated key replaced by its new name, with a warning for each."""
+    """A config file's options with every deprecated AGS key replaced by its new name, with a warning for each."""
     renamed = {}
     for key, value in config.items():
         if key in DEPRECATED_OPTIONS:
@@ -249,11 +260,26 @@ def _read_config(path: str) -> dict[str, Any]:
     """The options of a JSON or YAML config file."""
     import yaml
 
-    with open(path, encoding="utf-8") as file:
-        config = json.load(file) if path.endswith(".json") else yaml.safe_load(file)
+    try:
+        with open(path, encoding="utf-8") as file:
+            config = json.load(file) if path.endswith(".json") else yaml.safe_load(file)
+    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        raise ValueError(f"Cannot read the config file {path!r}: {error}") from error
     if not isinstance(config, dict):
         raise ValueError(f"{path!r} must hold a mapping of option names to values.")
-    return _renamed_keys(config, path)
+    return config
+
+
+def _check_choices(parsed: tuple[Any, ...]) -> None:
+    """Refuses a value outside a closed set (a `Literal` field), as the command line does for its options; a config
+    file's values reach the dataclasses without argparse's check."""
+    for options in parsed:
+        hints = get_type_hints(type(options))
+        for field in fields(options):
+            choices = get_args(hints[field.name]) if get_origin(hints[field.name]) is Literal else ()
+            value = getattr(options, field.name)
+            if choices and value not in choices:
+                raise ValueError(f"`{field.name}` must be one of {', '.join(map(repr, choices))}; got {value!r}.")
 
 
 def parse_options(name: str, options: list[str]) -> tuple[tuple[Any, ...], Callable[..., None]]:
@@ -265,9 +291,13 @@ def parse_options(name: str, options: list[str]) -> tuple[tuple[Any, ...], Calla
         usage=f"dalda {name} [options] | dalda {name} config.yaml",
         description=COMMANDS[name].help,
     )
+    takes_ags = AGSArguments in arguments  # only then are the old AGS names read
     if len(options) == 1 and options[0].endswith((".json", ".yaml", ".yml")):
-        return parser.parse_dict(_read_config(options[0])), run
-    return parser.parse_args_into_dataclasses(_renamed_options(options)), run
+        config = _read_config(options[0])
+        parsed = parser.parse_dict(_renamed_keys(config, options[0]) if takes_ags else config)
+        _check_choices(parsed)
+        return parsed, run
+    return parser.parse_args_into_dataclasses(_renamed_options(options) if takes_ags else options), run
 
 
 def _usage() -> str:
@@ -302,7 +332,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise
         raise SystemExit(f"dalda {name}: {_one_line(error)} ({DEBUG_FLAG} shows the traceback)") from error
     except KeyboardInterrupt:
-        raise SystemExit(f"dalda {name}: interrupted; what was finished is kept, run the same command to go on.")
+        resume = " What was finished is kept: run the same command to go on." if name in RESUMABLE else ""
+        raise SystemExit(f"dalda {name}: interrupted.{resume}")
 
 
 if __name__ == "__main__":

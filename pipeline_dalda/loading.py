@@ -2,6 +2,7 @@
 
 import logging
 
+import torch
 from diffusers import AutoencoderKL, DDIMScheduler
 from transformers import CLIPModel, CLIPProcessor
 
@@ -17,14 +18,16 @@ def load_dalda_pipeline(args: ModelArguments) -> DALDAPipeline:
 
     With `args.ip_adapter == ""` the UNet keeps its plain attention processors: IP-Adapter processors called without
     image embeddings would read the last text tokens as image tokens, so pipelines that give no image prompt (such as
-    img2img built from these components) need the pipeline loaded this way.
+    img2img built from these components) need the pipeline loaded this way. With `args.compile` the UNet is
+    compiled after the IP-Adapter is loaded, so the compiled graph holds its attention layers.
     """
     dtype = args.resolved_dtype()
     components = {}
     if args.vae:
         components["vae"] = AutoencoderKL.from_pretrained(args.vae, torch_dtype=dtype)
     if args.clip_score_model:
-        components["clip_model"] = CLIPModel.from_pretrained(args.clip_score_model, dtype=dtype)
+        # Always float32: a score within rounding of AGS's threshold must not change branch with the precision.
+        components["clip_model"] = CLIPModel.from_pretrained(args.clip_score_model, dtype=torch.float32)
         components["clip_processor"] = CLIPProcessor.from_pretrained(args.clip_score_model)
     if not args.safety_checker:
         components.update(safety_checker=None, requires_safety_checker=False)
@@ -35,4 +38,9 @@ def load_dalda_pipeline(args: ModelArguments) -> DALDAPipeline:
         pipe.load_ip_adapter(
             args.ip_adapter, subfolder=args.ip_adapter_subfolder, weight_name=args.ip_adapter_weight_name
         )
-    return pipe.to(args.resolved_device())
+        # diffusers loads the image encoder in `pipe.dtype`, the first component's, which may be the float32 scorer.
+        pipe.image_encoder.to(dtype=dtype)
+    pipe = pipe.to(args.resolved_device())
+    if args.compile:
+        pipe.unet = torch.compile(pipe.unet)
+    return pipe

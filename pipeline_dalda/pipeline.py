@@ -564,7 +564,13 @@ class DALDAPipeline(StableDiffusionPipeline):
 
     def clip_scorer(self, mode: str = "probability") -> CLIPScorer:
         """A [`CLIPScorer`] over the pipeline's CLIP scoring components, kept across calls so that the class
-        prompts' embeddings are computed once per class list."""
+        prompts' embeddings are computed once per class list.
+
+        The scoring model is kept in float32 whatever the pipeline's dtype: a CLIPScore within rounding of AGS's
+        threshold must not change branch with the precision.
+        """
+        if self.clip_model is not None and self.clip_model.dtype != torch.float32:
+            self.clip_model.to(torch.float32)
         scorer = self._scorer
         if (
             scorer is not None

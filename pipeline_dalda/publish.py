@@ -13,6 +13,7 @@ from pathlib import Path
 from huggingface_hub import HfApi, ModelCard, ModelCardData
 
 from .arguments import ModelArguments, PipelineRepoArguments
+from .atomic import create_output_dir
 
 
 logger = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ def write_pipeline_repo(output_dir: str | os.PathLike, repo_id: str | None = Non
 
     A folder holding anything else is refused: pushing it would upload that too.
     """
-    folder = Path(output_dir)
+    folder = create_output_dir(output_dir)
     if folder.exists():
         others = sorted(path.name for path in folder.iterdir() if path.name not in (PIPELINE_FILE, CARD_FILE))
         if others:
@@ -63,7 +64,6 @@ def write_pipeline_repo(output_dir: str | os.PathLike, repo_id: str | None = Non
                 f"`output_dir` {str(folder)!r} holds {others}; give a new folder, or one holding only "
                 f"{PIPELINE_FILE} and {CARD_FILE}."
             )
-    folder.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(Path(__file__).with_name("pipeline.py"), folder / PIPELINE_FILE)  # the package's pipeline file
     render_model_card(repo_id).save(folder / CARD_FILE)
     return folder

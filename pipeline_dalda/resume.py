@@ -9,6 +9,12 @@ from typing import Any
 from .atomic import write_json_atomically
 
 
+def record_settings(record: str | os.PathLike, settings: dict[str, Any]) -> None:
+    """Records `settings` in the file `record` on a run's first start; leaves an existing record as it is."""
+    if not Path(record).exists():
+        write_json_atomically(record, settings)
+
+
 def ensure_same_settings(record: str | os.PathLike, settings: dict[str, Any], work: str | os.PathLike) -> None:
     """Records `settings` in the file `record` on a run's first start; on every later start, checks that they are
     the settings recorded there.
@@ -21,11 +27,8 @@ def ensure_same_settings(record: str | os.PathLike, settings: dict[str, Any], wo
     Raises:
         ValueError: naming the settings that changed and the two ways on.
     """
-    record = Path(record)
-    if not record.exists():
-        write_json_atomically(record, settings)
-        return
-    recorded = json.loads(record.read_text(encoding="utf-8"))
+    record_settings(record, settings)
+    recorded = json.loads(Path(record).read_text(encoding="utf-8"))
     if recorded == settings:
         return
     changed = sorted(key for key in recorded.keys() | settings.keys() if recorded.get(key) != settings.get(key))

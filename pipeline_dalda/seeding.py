@@ -1,20 +1,28 @@
-"""Order-free seeds: every random draw of a synthetic image comes from its own stream, keyed by (stream, run seed,
-real image, prompt), so a result does not depend on the batch size, the order, a resume or the number of processes.
+"""Order-free seeds: every random draw comes from its own stream, keyed by (stream, run seed, ...) — for a synthetic
+image, its real image and prompt — so a result does not depend on the batch size, the order, a resume or the number
+of processes.
 
 `dalda augment` keys an image by its real image's row in the source split, `dalda generate` by its position in the
-list of images it is given.
+list of images it is given; `dalda evaluate` keys a trial's draws by its seed.
 """
 
 import numpy as np
 import torch
 
 
-_NOISE_STREAM, _SCALE_STREAM = 1, 2  # keep the two random streams of a run apart
+STREAMS = {"noise": 1, "scale": 2, "training_draws": 11, "mixing": 12, "views": 13, "validation": 21}
+"""Every random stream of the project, by name: no two kinds of draw share a stream."""
+
+
+def stream(name: str, *keys: int) -> np.random.Generator:
+    """The random stream `name` for `keys` (a run seed, then what the draw is of)."""
+    return np.random.default_rng([STREAMS[name], *keys])
 
 
 def item_seed(run_seed: int, source_index: int, prompt_index: int) -> int:
     """The seed of one synthetic image's initial noise."""
-    return int(np.random.SeedSequence([_NOISE_STREAM, run_seed, source_index, prompt_index]).generate_state(1)[0])
+    sequence = np.random.SeedSequence([STREAMS["noise"], run_seed, source_index, prompt_index])
+    return int(sequence.generate_state(1)[0])
 
 
 def noise_generator(seed: int) -> torch.Generator:
@@ -25,4 +33,4 @@ def noise_generator(seed: int) -> torch.Generator:
 
 def scale_generator(run_seed: int, source_index: int, prompt_index: int) -> np.random.Generator:
     """The random stream that draws one synthetic image's IP-Adapter weight λ."""
-    return np.random.default_rng([_SCALE_STREAM, run_seed, source_index, prompt_index])
+    return stream("scale", run_seed, source_index, prompt_index)

@@ -13,6 +13,7 @@ Random weights make noise images: the kit checks mechanics and equivalence, neve
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
@@ -39,10 +40,86 @@ from .pipeline import DALDA_SCHEDULER_CONFIG
 IP_ADAPTER_SUBFOLDER = "models"
 IP_ADAPTER_WEIGHT_NAME = "ip-adapter_sd15.safetensors"
 
-_HIDDEN_SIZE = 32
-_IMAGE_SIZE = 32
-_IP_ADAPTER_TOKENS = 4
-_MAX_TOKENS = 256
+
+@dataclass(frozen=True)
+class KitArchitecture:
+    """The configs the kit builds its models from: tiny ones for tests, or the real checkpoints' for benchmarks."""
+
+    unet: dict[str, Any]
+    """`UNet2DConditionModel` arguments."""
+    vae: dict[str, Any]
+    """`AutoencoderKL` arguments."""
+    text_encoder: dict[str, Any]
+    """`CLIPTextConfig` arguments of the text encoder (the vocabulary comes from the tokenizer)."""
+    image_encoder: dict[str, Any]
+    """`CLIPVisionConfig` arguments of the IP-Adapter's image encoder."""
+    scorer_text: dict[str, Any]
+    scorer_vision: dict[str, Any]
+    scorer_projection: int
+    """The CLIP scorer's text and vision `CLIPConfig` parts and its projection width."""
+    max_tokens: int
+    """The text context, in tokens."""
+    ip_adapter_tokens: int = 4
+
+
+_TINY_TRANSFORMER = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4}
+_TINY_VISION = {**_TINY_TRANSFORMER, "image_size": 32, "patch_size": 4, "projection_dim": 32}
+
+TINY = KitArchitecture(
+    unet={
+        "sample_size": 32,
+        "layers_per_block": 1,
+        "block_out_channels": (32, 64),
+        "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        "cross_attention_dim": 32,
+        "attention_head_dim": (2, 4),
+        "norm_num_groups": 8,
+    },
+    vae={
+        "block_out_channels": (16, 32),
+        "down_block_types": ("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        "up_block_types": ("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        "norm_num_groups": 8,
+        "sample_size": 64,
+    },
+    text_encoder={**_TINY_TRANSFORMER, "projection_dim": 32},
+    image_encoder=_TINY_VISION,
+    scorer_text=_TINY_TRANSFORMER,
+    scorer_vision=_TINY_VISION,
+    scorer_projection=32,
+    # Longer than CLIP's 77 tokens: the byte-level tokenizer spends one token per byte.
+    max_tokens=256,
+)
+"""64×64 px images, 32-channel latents with cross-attention in both resolutions; everything 32 wide."""
+
+SD15 = KitArchitecture(
+    unet={"sample_size": 64, "cross_attention_dim": 768, "attention_head_dim": 8},  # the rest: diffusers' defaults
+    vae={
+        "block_out_channels": (128, 256, 512, 512),
+        "down_block_types": ("DownEncoderBlock2D",) * 4,
+        "up_block_types": ("UpDecoderBlock2D",) * 4,
+        "layers_per_block": 2,
+        "sample_size": 512,
+    },
+    text_encoder={  # CLIP ViT-L/14's text tower
+        "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
+        "projection_dim": 768,
+    },
+    image_encoder={  # the IP-Adapter's OpenCLIP ViT-H/14
+        "hidden_size": 1280, "intermediate_size": 5120, "num_hidden_layers": 32, "num_attention_heads": 16,
+        "image_size": 224, "patch_size": 14, "projection_dim": 1024,
+    },
+    scorer_text={"hidden_size": 512, "intermediate_size": 2048, "num_hidden_layers": 12, "num_attention_heads": 8},
+    scorer_vision={  # openai/clip-vit-base-patch16
+        "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
+        "image_size": 224, "patch_size": 16,
+    },
+    scorer_projection=512,
+    max_tokens=77,
+)
+"""Stable Diffusion 1.5 (UNet, VAE, text encoder), IP-Adapter SD 1.5 with its ViT-H/14 image encoder, and a
+ViT-B/16 CLIP scorer, at their real sizes: for benchmarks (about 7 GB of random float32 weights)."""
 
 
 @dataclass(frozen=True)
@@ -55,80 +132,44 @@ class TinyModelPaths:
     """An `h94/IP-Adapter`-shaped repo: `models/ip-adapter_sd15.safetensors` and `models/image_encoder/`."""
     clip_scorer: Path
     """A CLIP model and processor folder for CLIPScore; also the CLIP backbone of `dalda evaluate`."""
-    resnet: Path
+    resnet: Path | None
     """A ResNet and its image processor in `microsoft/resnet-50`'s layout: the image-model backbone of
-    `dalda evaluate`."""
+    `dalda evaluate` (tiny kit only)."""
 
 
-def tiny_clip_tokenizer() -> CLIPTokenizer:
-    """A byte-level CLIP tokenizer built locally: every byte is a token, so any text tokenizes.
-
-    Its context is longer than CLIP's 77 tokens, since one byte per token would truncate ordinary prompts."""
+def tiny_clip_tokenizer(max_tokens: int = TINY.max_tokens) -> CLIPTokenizer:
+    """A byte-level CLIP tokenizer built locally: every byte is a token, so any text tokenizes."""
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     tokens = ["<|startoftext|>", "<|endoftext|>"] + alphabet + [symbol + "</w>" for symbol in alphabet]
     return CLIPTokenizer(
-        vocab={token: index for index, token in enumerate(tokens)}, merges=[], model_max_length=_MAX_TOKENS
+        vocab={token: index for index, token in enumerate(tokens)}, merges=[], model_max_length=max_tokens
     )
 
 
-def _text_config(vocab_size: int) -> CLIPTextConfig:
+def _text_config(settings: dict[str, Any], vocab_size: int, max_tokens: int) -> CLIPTextConfig:
     return CLIPTextConfig(
+        **settings,
         vocab_size=vocab_size,
-        hidden_size=_HIDDEN_SIZE,
-        intermediate_size=37,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=_MAX_TOKENS,
-        projection_dim=_HIDDEN_SIZE,
+        max_position_embeddings=max_tokens,
         bos_token_id=0,
         eos_token_id=1,
         pad_token_id=1,
     )
 
 
-def _vision_config() -> CLIPVisionConfig:
-    return CLIPVisionConfig(
-        hidden_size=_HIDDEN_SIZE,
-        intermediate_size=37,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        image_size=_IMAGE_SIZE,
-        patch_size=4,
-        projection_dim=_HIDDEN_SIZE,
-    )
+def _image_processor(size: int) -> CLIPImageProcessor:
+    return CLIPImageProcessor(size={"shortest_edge": size}, crop_size=size)
 
 
-def _image_processor() -> CLIPImageProcessor:
-    return CLIPImageProcessor(size={"shortest_edge": _IMAGE_SIZE}, crop_size=_IMAGE_SIZE)
-
-
-def save_tiny_stable_diffusion(output_dir: str | os.PathLike, seed: int = 0) -> Path:
-    """Saves a tiny SD 1.x pipeline: 64×64 px images, 32-channel latents with cross-attention in both resolutions."""
+def save_tiny_stable_diffusion(
+    output_dir: str | os.PathLike, seed: int = 0, architecture: KitArchitecture = TINY
+) -> Path:
+    """Saves a Stable Diffusion 1.x pipeline with random weights (tiny by default)."""
     torch.manual_seed(seed)
-    tokenizer = tiny_clip_tokenizer()
-    unet = UNet2DConditionModel(
-        sample_size=_IMAGE_SIZE,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=(32, 64),
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=_HIDDEN_SIZE,
-        attention_head_dim=(2, 4),
-        norm_num_groups=8,
-    )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(16, 32),
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=2 * _IMAGE_SIZE,
-    )
-    text_encoder = CLIPTextModel(_text_config(len(tokenizer)))
+    tokenizer = tiny_clip_tokenizer(architecture.max_tokens)
+    unet = UNet2DConditionModel(in_channels=4, out_channels=4, **architecture.unet)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, **architecture.vae)
+    text_encoder = CLIPTextModel(_text_config(architecture.text_encoder, len(tokenizer), architecture.max_tokens))
     pipe = StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
@@ -144,21 +185,28 @@ def save_tiny_stable_diffusion(output_dir: str | os.PathLike, seed: int = 0) -> 
     return output_dir
 
 
-def save_tiny_ip_adapter(output_dir: str | os.PathLike, stable_diffusion_dir: str | os.PathLike, seed: int = 0) -> Path:
-    """Saves an IP-Adapter for the tiny UNet in the `h94/IP-Adapter` layout, with its CLIP vision encoder.
+def save_tiny_ip_adapter(
+    output_dir: str | os.PathLike,
+    stable_diffusion_dir: str | os.PathLike,
+    seed: int = 0,
+    architecture: KitArchitecture = TINY,
+) -> Path:
+    """Saves an IP-Adapter for the kit's UNet in the `h94/IP-Adapter` layout, with its CLIP vision encoder.
 
     Weights are drawn larger than a default init so that λ visibly changes the output of a random model.
     """
     generator = torch.Generator().manual_seed(seed)
     unet = UNet2DConditionModel.from_pretrained(Path(stable_diffusion_dir), subfolder="unet")
     cross_attention_dim = unet.config.cross_attention_dim
+    image_embed_dim = architecture.image_encoder["projection_dim"]
 
     def random(*shape):
         return torch.randn(*shape, generator=generator) / shape[-1] ** 0.5
 
+    tokens = architecture.ip_adapter_tokens
     state_dict = {
-        "image_proj.proj.weight": random(_IP_ADAPTER_TOKENS * cross_attention_dim, _HIDDEN_SIZE),
-        "image_proj.proj.bias": torch.zeros(_IP_ADAPTER_TOKENS * cross_attention_dim),
+        "image_proj.proj.weight": random(tokens * cross_attention_dim, image_embed_dim),
+        "image_proj.proj.bias": torch.zeros(tokens * cross_attention_dim),
         "image_proj.norm.weight": torch.ones(cross_attention_dim),
         "image_proj.norm.bias": torch.zeros(cross_attention_dim),
     }
@@ -175,22 +223,24 @@ def save_tiny_ip_adapter(output_dir: str | os.PathLike, stable_diffusion_dir: st
     weights_dir.mkdir(parents=True, exist_ok=True)
     save_file(state_dict, str(weights_dir / IP_ADAPTER_WEIGHT_NAME))
     torch.manual_seed(seed)
-    CLIPVisionModelWithProjection(_vision_config()).save_pretrained(weights_dir / "image_encoder")
+    encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**architecture.image_encoder))
+    encoder.save_pretrained(weights_dir / "image_encoder")
     return output_dir
 
 
-def save_tiny_clip_scorer(output_dir: str | os.PathLike, seed: int = 0) -> Path:
-    """Saves a tiny CLIP model and processor for CLIPScore (the role of `openai/clip-vit-base-patch16`)."""
+def save_tiny_clip_scorer(output_dir: str | os.PathLike, seed: int = 0, architecture: KitArchitecture = TINY) -> Path:
+    """Saves a CLIP model and processor for CLIPScore (the role of `openai/clip-vit-base-patch16`)."""
     torch.manual_seed(seed)
-    tokenizer = tiny_clip_tokenizer()
+    tokenizer = tiny_clip_tokenizer(architecture.max_tokens)
     config = CLIPConfig(
-        text_config=_text_config(len(tokenizer)).to_dict(),
-        vision_config=_vision_config().to_dict(),
-        projection_dim=_HIDDEN_SIZE,
+        text_config=_text_config(architecture.scorer_text, len(tokenizer), architecture.max_tokens).to_dict(),
+        vision_config=CLIPVisionConfig(**architecture.scorer_vision).to_dict(),
+        projection_dim=architecture.scorer_projection,
     )
     output_dir = Path(output_dir)
     CLIPModel(config).save_pretrained(output_dir)
-    CLIPProcessor(image_processor=_image_processor(), tokenizer=tokenizer).save_pretrained(output_dir)
+    processor = _image_processor(architecture.scorer_vision["image_size"])
+    CLIPProcessor(image_processor=processor, tokenizer=tokenizer).save_pretrained(output_dir)
     return output_dir
 
 
@@ -200,17 +250,21 @@ def save_tiny_resnet(output_dir: str | os.PathLike, seed: int = 0) -> Path:
     config = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")
     output_dir = Path(output_dir)
     ResNetModel(config).save_pretrained(output_dir)
-    ConvNextImageProcessor(size={"shortest_edge": _IMAGE_SIZE}, crop_pct=1.0).save_pretrained(output_dir)
+    image_size = TINY.scorer_vision["image_size"]
+    ConvNextImageProcessor(size={"shortest_edge": image_size}, crop_pct=1.0).save_pretrained(output_dir)
     return output_dir
 
 
-def save_tiny_models(output_dir: str | os.PathLike, seed: int = 0) -> TinyModelPaths:
-    """Saves the whole kit under `output_dir` and returns where each model is."""
+def save_tiny_models(
+    output_dir: str | os.PathLike, seed: int = 0, architecture: KitArchitecture = TINY
+) -> TinyModelPaths:
+    """Saves the whole kit under `output_dir` and returns where each model is; [`SD15`] saves the real sizes
+    (without the evaluation's ResNet)."""
     output_dir = Path(output_dir)
-    stable_diffusion = save_tiny_stable_diffusion(output_dir / "stable-diffusion", seed=seed)
+    stable_diffusion = save_tiny_stable_diffusion(output_dir / "stable-diffusion", seed, architecture)
     return TinyModelPaths(
         stable_diffusion=stable_diffusion,
-        ip_adapter=save_tiny_ip_adapter(output_dir / "ip-adapter", stable_diffusion, seed=seed),
-        clip_scorer=save_tiny_clip_scorer(output_dir / "clip-scorer", seed=seed),
-        resnet=save_tiny_resnet(output_dir / "resnet", seed=seed),
+        ip_adapter=save_tiny_ip_adapter(output_dir / "ip-adapter", stable_diffusion, seed, architecture),
+        clip_scorer=save_tiny_clip_scorer(output_dir / "clip-scorer", seed, architecture),
+        resnet=save_tiny_resnet(output_dir / "resnet", seed=seed) if architecture is TINY else None,
     )

@@ -1,21 +1,37 @@
-"""Benchmark: `dalda augment`'s generation (IP-Adapter embedding computed once per real image, items batched across
-real images) versus generating one synthetic image at a time, side by side on the same items.
+"""Benchmark: `dalda augment`'s generation against the released code's way of working, at Stable Diffusion 1.5's size.
 
-Runs on the offline model kit, so it needs no download:
+Builds the full-size architectures from their configs with random weights (SD 1.5's UNet, VAE and CLIP text encoder,
+IP-Adapter SD 1.5 with its ViT-H/14 image encoder, a ViT-B/16 CLIP scorer; nothing is downloaded), then measures,
+side by side in one run, on the same real images, prompts, λ's, seeds and steps:
 
-    python scripts/benchmark_augment.py --classes 4 --shots 2 --prompts 4 --batch-size 8 --steps 10
+- `dalda augment` (CLIPScores batched, IP-Adapter embeddings once per real image, items batched across real images,
+  decoding, PNG encoding and shard writing off the denoising path) against a loop in the released code's way: one
+  image per call, the real image encoded on every call, each image saved as it comes: images per second and the ratio;
+- the share of `dalda augment`'s time spent outside the UNet;
+- a batch-size sweep of one pipeline call (images per second, peak memory);
+- on a GPU, the UNet's model FLOPs utilisation: its FLOPs per step against the GPU's peak.
+
+On the CPU it defaults to 256 px, 4 steps and float32; on a GPU to 512 px, 30 steps and float16:
+
+    python scripts/benchmark_augment.py                       # sizes chosen per device
+    python scripts/benchmark_augment.py --architecture tiny   # the offline kit, in seconds
 """
 
 import argparse
+import dataclasses
+import json
 import resource
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import datasets
 import numpy as np
 import PIL.Image
 import torch
+from diffusers import StableDiffusionPipeline
+from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
 from dataset_builders.arguments import AugmentArguments, SourceArguments
@@ -26,85 +42,247 @@ from pipeline_dalda.arguments import ModelArguments
 from pipeline_dalda.images import load_image
 from pipeline_dalda.loading import load_dalda_pipeline
 from pipeline_dalda.prompts import PromptArguments, generate_prompt_bank
-from pipeline_dalda.testing import IP_ADAPTER_WEIGHT_NAME, save_tiny_models
+from pipeline_dalda.seeding import noise_generator
+from pipeline_dalda.testing import IP_ADAPTER_WEIGHT_NAME, SD15, TINY, save_tiny_models
+
+
+PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}
+"""Dense float16/bfloat16 tensor-core peaks (TFLOP/s) of the GPUs the MFU figure knows, by name."""
 
 
 def parse_args():
+    on_gpu = torch.cuda.is_available()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--classes", type=int, default=4)
-    parser.add_argument("--shots", type=int, default=2, help="real images per class (n)")
-    parser.add_argument("--prompts", type=int, default=4, help="synthetic images per real image (M)")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--architecture", choices=["sd15", "tiny"], default="sd15")
+    parser.add_argument("--size", type=int, default=512 if on_gpu else 256, help="generated image side, px")
+    parser.add_argument("--steps", type=int, default=30 if on_gpu else 4)
+    parser.add_argument("--classes", type=int, default=4 if on_gpu else 2)
+    parser.add_argument("--shots", type=int, default=2 if on_gpu else 1, help="real images per class (n)")
+    parser.add_argument("--prompts", type=int, default=8 if on_gpu else 4, help="synthetic images per real image (M)")
+    parser.add_argument("--batch-size", type=int, default=16 if on_gpu else 8, help="dalda augment's batch size")
+    parser.add_argument("--sweep", type=int, nargs="*", default=[1, 2, 4, 8, 16] if on_gpu else [1, 2, 4, 8])
+    parser.add_argument("--dtype", default="auto", help="'auto': float16 on a GPU, float32 on the CPU")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the UNet (dalda's side)")
+    parser.add_argument("--models-dir", help="keep the random models here and reuse them (about 7 GB at sd15)")
+    parser.add_argument("--peak-tflops", type=float, help="the GPU's dense half-precision peak, if not known by name")
     return parser.parse_args()
 
 
-def peak_memory_mib(device: str) -> float:
-    if device.startswith("cuda"):
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+def architecture_at(name: str, size: int):
+    """The kit's architecture with its default generation size set to `size` px (the weights do not change)."""
+    architecture = SD15 if name == "sd15" else TINY
+    return dataclasses.replace(
+        architecture, unet={**architecture.unet, "sample_size": size // 8}, vae={**architecture.vae, "sample_size": size}
+    )
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class UNetTimer:
+    """Time spent in the UNet's forward passes (the device synchronised around each), and their number."""
+
+    def __init__(self, unet: torch.nn.Module, device: torch.device):
+        self.seconds, self.calls, self.device = 0.0, 0, device
+        self._start = 0.0
+        unet.register_forward_pre_hook(self._before)
+        unet.register_forward_hook(self._after)
+
+    def _before(self, module, args):
+        synchronize(self.device)
+        self._start = time.perf_counter()
+
+    def _after(self, module, args, output):
+        synchronize(self.device)
+        self.seconds += time.perf_counter() - self._start
+        self.calls += 1
+
+    @contextmanager
+    def measuring(self):
+        self.seconds, self.calls = 0.0, 0
+        yield self
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB; the process's peak so far
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def write_source(folder: Path, classes: int, shots: int) -> list[str]:
+    names = [f"class {index}" for index in range(classes)]
+    rng = np.random.default_rng(0)
+    images = [PIL.Image.fromarray(rng.integers(0, 256, (360, 480, 3), dtype=np.uint8)) for _ in range(classes * shots)]
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
+    labels = [index % classes for index in range(len(images))]
+    datasets.Dataset.from_dict({"image": images, "label": labels}, features=features).save_to_disk(folder)
+    return names
+
+
+def run_dalda(pipe, work: Path, args, timer: UNetTimer) -> tuple[float, list[dict]]:
+    """`dalda augment`'s generation (CLIPScores, shards built and written); returns seconds and the synthetic rows."""
+    source = SourceArguments(dataset=str(work / "data"), num_shots=args.shots)
+    augment = AugmentArguments(
+        output_dir=str(work / "out"),
+        prompt_bank=str(work / "bank.json"),
+        num_prompts=args.prompts,
+        batch_size=args.batch_size,
+        num_inference_steps=args.steps,
+        real_images_per_shard=max(1, args.batch_size // args.prompts),
+    )
+    real = load_real_images(source)
+    selected = list(range(len(real.dataset)))
+    prompts = class_prompts(augment, real.class_names)
+    shards = [selected[start : start + augment.real_images_per_shard] for start in
+              range(0, len(selected), augment.real_images_per_shard)]
+    start = time.perf_counter()
+    scores = score_real_images(pipe, real, selected, source, augment)
+    augmenter = DatasetAugmenter(
+        pipe, real, prompts, source, augment, AdaptiveGuidanceScaling(), scores, tqdm(disable=True)
+    )
+    augmenter.build_shards(list(enumerate(shards)), len(shards))
+    synchronize(pipe.device)
+    seconds = time.perf_counter() - start
+    rows = datasets.load_dataset("parquet", data_dir=str(work / "out" / "data"), split="train")
+    synthetic = rows.filter(lambda row: row["is_synthetic"]).remove_columns("image").to_list()
+    return seconds, synthetic
+
+
+def run_released_way(pipe, work: Path, args, synthetic: list[dict]) -> float:
+    """The released code's way: per real image one CLIPScore, then per synthetic image one diffusers call that
+    encodes the real image again, at that image's λ, each image saved as it comes."""
+    source = load_real_images(SourceArguments(dataset=str(work / "data"), num_shots=args.shots))
+    scorer = pipe.clip_scorer()
+    folder = work / "released"
+    folder.mkdir()
+    start = time.perf_counter()
+    for source_index in sorted({row["source_index"] for row in synthetic}):
+        real = load_image(source.dataset[source_index]["image"])
+        scorer([real], [source.labels[source_index]], source.class_names)
+        for row in (row for row in synthetic if row["source_index"] == source_index):
+            pipe.set_ip_adapter_scale(row["ip_adapter_scale"])
+            image = StableDiffusionPipeline.__call__(
+                pipe,
+                "best quality, high quality, " + row["prompt"],
+                negative_prompt="monochrome, lowres, bad anatomy, worst quality, low quality",
+                ip_adapter_image=real.resize((args.size, args.size), PIL.Image.BILINEAR),
+                num_inference_steps=args.steps,
+                guidance_scale=7.5,
+                generator=noise_generator(row["seed"]),
+            ).images[0]
+            image.resize(real.size, PIL.Image.BILINEAR).save(folder / f"{source_index}-{row['seed']}.png")
+    synchronize(pipe.device)
+    return time.perf_counter() - start
+
+
+def sweep(pipe, args, device: torch.device, timer: UNetTimer) -> list[dict]:
+    """One pipeline call of B items per batch size (embeddings given, λ's per item): images/s and peak memory."""
+    real = PIL.Image.fromarray(np.random.default_rng(1).integers(0, 256, (360, 480, 3), dtype=np.uint8))
+    embeds = pipe.encode_ip_adapter_images([real])
+    results = []
+    for batch_size in args.sweep:
+        call = {
+            "prompt": ["a photo of a class 0, side view, in the snow"] * batch_size,
+            "ip_adapter_image_embeds": [embed.expand(batch_size, *embed.shape[1:]) for embed in embeds],
+            "ip_adapter_scale": np.linspace(0.1, 0.9, batch_size).tolist(),
+            "num_inference_steps": args.steps,
+            "output_type": "pil",
+        }
+        pipe(**call, generator=[noise_generator(i) for i in range(batch_size)])  # warm-up (and compile)
+        reset_peak_memory(device)
+        with timer.measuring():
+            start = time.perf_counter()
+            pipe(**call, generator=[noise_generator(i) for i in range(batch_size)])
+            synchronize(device)
+            seconds = time.perf_counter() - start
+        results.append(
+            {"batch_size": batch_size, "images_per_s": batch_size / seconds, "seconds": seconds,
+             "unet_seconds": timer.seconds, "peak_memory_gib": peak_memory_gib(device)}
+        )
+    return results
+
+
+def unet_flops_per_image_step(pipe, size: int, device: torch.device) -> float:
+    """FLOPs of one denoising step of one image: the UNet on its guided pair (unconditional + conditional)."""
+    unet = getattr(pipe.unet, "_orig_mod", pipe.unet)
+    latent = torch.randn(2, 4, size // 8, size // 8, device=device, dtype=unet.dtype)
+    text = torch.randn(2, 77, unet.config.cross_attention_dim, device=device, dtype=unet.dtype)
+    image = [torch.randn(2, 1, embed.shape[-1], device=device, dtype=unet.dtype)
+             for embed in pipe.encode_ip_adapter_images([PIL.Image.new("RGB", (64, 64))])]
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        unet(latent, 10, encoder_hidden_states=text, added_cond_kwargs={"image_embeds": image})
+    return counter.get_total_flops()
 
 
 def main():
     args = parse_args()
-    with tempfile.TemporaryDirectory() as work:
-        work = Path(work)
-        kit = save_tiny_models(work / "models")
-        names = [f"class {index}" for index in range(args.classes)]
-        rng = np.random.default_rng(0)
-        images = [PIL.Image.fromarray(rng.integers(0, 256, (80, 96, 3), dtype=np.uint8)) for _ in names * args.shots]
-        features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
-        labels = [index % args.classes for index in range(len(images))]
-        datasets.Dataset.from_dict({"image": images, "label": labels}, features=features).save_to_disk(work / "data")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    with tempfile.TemporaryDirectory() as scratch:
+        work = Path(scratch)
+        models_dir = Path(args.models_dir) if args.models_dir else work / "models"
+        architecture = architecture_at(args.architecture, args.size)
+        if not (models_dir / "stable-diffusion" / "model_index.json").exists():
+            print(f"building the {args.architecture} models in {models_dir} ...", flush=True)
+            save_tiny_models(models_dir, architecture=architecture)
+        names = write_source(work / "data", args.classes, args.shots)
         generate_prompt_bank(PromptArguments(output=str(work / "bank.json"), num_prompts=args.prompts), names)
-
-        source = SourceArguments(dataset=str(work / "data"), num_shots=args.shots)
-        augment = AugmentArguments(
-            output_dir=str(work / "out"), prompt_bank=str(work / "bank.json"), num_prompts=args.prompts,
-            batch_size=args.batch_size, num_inference_steps=args.steps,
-        )
         models = ModelArguments(
-            pretrained_model_name_or_path=str(kit.stable_diffusion), vae="", ip_adapter=str(kit.ip_adapter),
-            ip_adapter_weight_name=IP_ADAPTER_WEIGHT_NAME, clip_score_model=str(kit.clip_scorer),
+            pretrained_model_name_or_path=str(models_dir / "stable-diffusion"),
+            vae="",
+            ip_adapter=str(models_dir / "ip-adapter"),
+            ip_adapter_weight_name=IP_ADAPTER_WEIGHT_NAME,
+            clip_score_model=str(models_dir / "clip-scorer"),
+            device=str(device),
+            dtype=args.dtype,
+            compile=args.compile,
         )
-        device = str(models.resolved_device())
         pipe = load_dalda_pipeline(models)
         pipe.set_progress_bar_config(disable=True)
-        real = load_real_images(source)
-        prompts = class_prompts(augment, real.class_names)
-        rows = real.dataset.add_column("source_index", list(range(len(real.dataset))))[:]
-        clip_scores = score_real_images(pipe, real, list(range(len(images))), source, augment)
-        total = len(images) * args.prompts
-        ags = AdaptiveGuidanceScaling()
+        timer = UNetTimer(pipe.unet, device)
 
-        augmenter = DatasetAugmenter(pipe, real, prompts, source, augment, ags, clip_scores, tqdm(disable=True))
-        start = time.perf_counter()
-        batched_rows = augmenter._augment_batch(rows, skipped=[])
-        batched_seconds = time.perf_counter() - start
-        batched_peak = peak_memory_mib(device)
+        # Warm up both paths on one small run first (allocations, kernels, a compile), then time them.
+        with timer.measuring():
+            dalda_seconds, synthetic = run_dalda(pipe, work, args, timer)
+        dalda_unet_seconds = timer.seconds
+        released_seconds = run_released_way(pipe, work, args, synthetic)
+        images = len(synthetic)
+        sweep_results = sweep(pipe, args, device, timer)
 
-        synthetic = [i for i, is_synthetic in enumerate(batched_rows["is_synthetic"]) if is_synthetic]
-        start = time.perf_counter()
-        for i in synthetic:
-            source_index = batched_rows["source_index"][i]
-            real_image = load_image(rows["image"][source_index])
-            image = pipe(
-                batched_rows["prompt"][i],
-                ip_adapter_image=real_image,
-                ip_adapter_scale=batched_rows["ip_adapter_scale"][i],
-                prompt_prefix=augment.prompt_prefix,
-                num_inference_steps=args.steps,
-                generator=torch.Generator().manual_seed(batched_rows["seed"][i]),
-            ).images[0]
-            image.resize(real_image.size, PIL.Image.BILINEAR)
-        single_seconds = time.perf_counter() - start
-
-    print(f"device: {device}, torch threads: {torch.get_num_threads()}, {total} synthetic images, "
-          f"batch size {args.batch_size}, {args.steps} steps")
-    print(f"embedding reuse + cross-image batching: {total / batched_seconds:.2f} images/s ({batched_seconds:.2f} s)")
-    print(f"one image at a time:                    {total / single_seconds:.2f} images/s ({single_seconds:.2f} s)")
-    print(f"speed-up: {single_seconds / batched_seconds:.2f}x")
-    print(f"peak memory after the batched run: {batched_peak:.0f} MiB ({'GPU allocated' if 'cuda' in device else 'RSS'})")
+        report = {
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "torch_threads": torch.get_num_threads(),
+            "architecture": args.architecture,
+            "size": args.size,
+            "steps": args.steps,
+            "dtype": str(pipe.unet.dtype),
+            "compile": args.compile,
+            "images": images,
+            "dalda_augment": {
+                "seconds": dalda_seconds, "images_per_s": images / dalda_seconds,
+                "share_outside_unet": 1 - dalda_unet_seconds / dalda_seconds,
+            },
+            "released_way": {"seconds": released_seconds, "images_per_s": images / released_seconds},
+            "speed_up": released_seconds / dalda_seconds,
+            "sweep": sweep_results,
+        }
+        if device.type == "cuda":
+            name = torch.cuda.get_device_name(device)
+            peak = args.peak_tflops or next((tflops for key, tflops in PEAK_TFLOPS.items() if key in name), None)
+            flops = unet_flops_per_image_step(pipe, args.size, device)
+            report["unet_gflops_per_image_step"] = flops / 1e9
+            if peak:
+                for row in sweep_results:
+                    achieved = flops * row["batch_size"] * args.steps / row["unet_seconds"]
+                    row["unet_mfu"] = achieved / (peak * 1e12)
+        print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

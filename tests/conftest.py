@@ -1,30 +1,26 @@
-"""Shared fixtures: the offline model kit, saved once per test session, and loaders that use the real code paths."""
+"""Shared fixtures, each made once per test session: the offline model kit, a small `pets` dataset with a prompt
+bank, and one `dalda augment` run on it; and a fresh pipeline per test."""
 
 import os
 
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before any Hugging Face import: nothing may be downloaded
 
-import numpy as np  # noqa: E402
-import PIL.Image  # noqa: E402
+import datasets  # noqa: E402
 import pytest  # noqa: E402
-import torch  # noqa: E402
 from transformers import CLIPModel, CLIPProcessor  # noqa: E402
 
 from pipeline_dalda import DALDAPipeline  # noqa: E402
-from pipeline_dalda.testing import IP_ADAPTER_SUBFOLDER, IP_ADAPTER_WEIGHT_NAME, save_tiny_models  # noqa: E402
+from pipeline_dalda.prompts import PromptArguments, generate_prompt_bank  # noqa: E402
+from pipeline_dalda.testing import save_tiny_models  # noqa: E402
+
+from .helpers import PETS_CLASSES, augment, load_ip_adapter, random_images  # noqa: E402
+from .hub_server import SECRET_TOKEN  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
     return save_tiny_models(tmp_path_factory.mktemp("tiny-models"))
-
-
-def load_ip_adapter(pipe, tiny_models):
-    """Loads the kit's IP-Adapter the way users load `h94/IP-Adapter`."""
-    pipe.load_ip_adapter(tiny_models.ip_adapter, subfolder=IP_ADAPTER_SUBFOLDER, weight_name=IP_ADAPTER_WEIGHT_NAME)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 @pytest.fixture
@@ -38,18 +34,28 @@ def dalda_pipe(tiny_models):
     return load_ip_adapter(pipe, tiny_models)
 
 
-def random_images(count, seed=0, size=(48, 40)):
-    rng = np.random.default_rng(seed)
-    return [PIL.Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)) for _ in range(count)]
+@pytest.fixture(scope="session")
+def pets(tmp_path_factory):
+    """A `save_to_disk` dataset: 3 classes × 3 images of assorted sizes, and a template prompt bank for it."""
+    root = tmp_path_factory.mktemp("pets")
+    sizes = [(48, 40), (30, 30), (64, 20)]
+    images = [image.resize(sizes[i % 3]) for i, image in enumerate(random_images(9, seed=40))]
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=PETS_CLASSES)})
+    datasets.Dataset.from_dict({"image": images, "label": [i % 3 for i in range(9)]}, features=features).save_to_disk(
+        root / "dataset"
+    )
+    generate_prompt_bank(PromptArguments(output=str(root / "bank.json"), num_prompts=3), PETS_CLASSES)
+    return root
 
 
-def generate_two_items(pipe):
-    """Two items at two λ's, seeded: what two loadings of the same pipeline must generate alike."""
-    return pipe(
-        ["a dog", "a cat"],
-        ip_adapter_image=random_images(2, seed=8),
-        ip_adapter_scale=[0.3, 0.7],
-        num_inference_steps=3,
-        generator=[torch.Generator().manual_seed(seed) for seed in (1, 2)],
-        output_type="np",
-    ).images
+@pytest.fixture(scope="session")
+def augmented(tiny_models, pets, tmp_path_factory):
+    """`dalda augment` on `pets` with the helpers' tiny settings, run with a Hub token in the environment (which must
+    reach no file): the output folder and the run summary."""
+    os.environ["HF_TOKEN"] = SECRET_TOKEN
+    try:
+        output = tmp_path_factory.mktemp("augmented") / "out"
+        summary = augment(tiny_models, pets, output)
+    finally:
+        del os.environ["HF_TOKEN"]
+    return output, summary

@@ -1,4 +1,5 @@
-"""Helpers shared by several test modules: the `dalda` command run as users run it, and a run killed midway."""
+"""Helpers shared by several test modules: the `dalda` command run as users run it, a run killed midway, test images,
+the model kit's options, and `dalda augment` on the `pets` fixture with the checks its outputs are compared by."""
 
 import os
 import shutil
@@ -8,6 +9,16 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import torch
+
+from dataset_builders.arguments import AugmentArguments, SourceArguments
+from dataset_builders.augment import augment_dataset
+from pipeline_dalda import AdaptiveGuidanceScaling
+from pipeline_dalda.arguments import ModelArguments
+from pipeline_dalda.testing import IP_ADAPTER_SUBFOLDER, IP_ADAPTER_WEIGHT_NAME
 
 
 def dalda_command() -> list[str]:
@@ -28,7 +39,7 @@ def model_options(tiny_models) -> dict[str, str]:
         "pretrained_model_name_or_path": str(tiny_models.stable_diffusion),
         "vae": "",
         "ip_adapter": str(tiny_models.ip_adapter),
-        "ip_adapter_weight_name": "ip-adapter_sd15.safetensors",
+        "ip_adapter_weight_name": IP_ADAPTER_WEIGHT_NAME,
         "clip_score_model": str(tiny_models.clip_scorer),
     }
 
@@ -47,3 +58,73 @@ def kill_midway(command: Sequence[str], ready: Callable[[], bool], env: dict[str
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
+
+
+PETS_CLASSES = ["pug", "beagle", "persian cat"]
+"""The classes of the `pets` fixture's dataset."""
+
+
+def random_images(count, seed=0, size=(48, 40)):
+    """`count` RGB images of uniform noise, `size` (width, height), seeded."""
+    rng = np.random.default_rng(seed)
+    return [PIL.Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)) for _ in range(count)]
+
+
+def load_ip_adapter(pipe, tiny_models):
+    """Loads the kit's IP-Adapter the way users load `h94/IP-Adapter`."""
+    pipe.load_ip_adapter(tiny_models.ip_adapter, subfolder=IP_ADAPTER_SUBFOLDER, weight_name=IP_ADAPTER_WEIGHT_NAME)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def generate_two_items(pipe):
+    """Two items at two λ's, seeded: what two loadings of the same pipeline must generate alike."""
+    return pipe(
+        ["a dog", "a cat"],
+        ip_adapter_image=random_images(2, seed=8),
+        ip_adapter_scale=[0.3, 0.7],
+        num_inference_steps=3,
+        generator=[torch.Generator().manual_seed(seed) for seed in (1, 2)],
+        output_type="np",
+    ).images
+
+
+def kit_model_args(tiny_models, **overrides) -> ModelArguments:
+    """`ModelArguments` pointing at the offline model kit."""
+    return ModelArguments(**model_options(tiny_models), **overrides)
+
+
+def augment(tiny_models, pets, output_dir, **overrides):
+    """`dalda augment` on the `pets` fixture with tiny settings (2 shots, 2 prompts, 2 steps), `overrides` applied."""
+    source = SourceArguments(dataset=str(pets / "dataset"), num_shots=overrides.pop("num_shots", 2))
+    values = {"prompt_bank": str(pets / "bank.json"), "num_prompts": 2, "num_inference_steps": 2, "batch_size": 3}
+    args = AugmentArguments(output_dir=str(output_dir), **{**values, **overrides})
+    return augment_dataset(source, args, kit_model_args(tiny_models), AdaptiveGuidanceScaling())
+
+def rows_without_images(dataset):
+    """Each row's identity (source, kind, prompt, seed), sorted, and its λ and CLIPScore in that order."""
+    rows = sorted(
+        ((row["source_index"], row["is_synthetic"], row["prompt"] or "", row["seed"] or -1),
+         (row["ip_adapter_scale"] or -1.0, row["clip_score"]))
+        for row in dataset.remove_columns("image")
+    )
+    return [identity for identity, _ in rows], np.array([values for _, values in rows])
+
+
+def assert_same_rows(first, second):
+    """The same rows; λ and CLIPScore within 1e-5, as CLIP on the CPU can differ in the last bits between runs."""
+    (first_rows, first_values), (second_rows, second_values) = rows_without_images(first), rows_without_images(second)
+    assert first_rows == second_rows
+    np.testing.assert_allclose(first_values, second_values, atol=1e-5, rtol=0)
+
+
+def images_by_row(dataset):
+    return {(row["source_index"], row["seed"]): np.asarray(row["image"], dtype=float) for row in dataset}
+
+
+def assert_same_dataset(first, second, tolerance=2):
+    assert_same_rows(first, second)
+    first_images, second_images = images_by_row(first), images_by_row(second)
+    for key, image in first_images.items():
+        assert image.shape == second_images[key].shape
+        assert np.abs(image - second_images[key]).max() <= tolerance, key

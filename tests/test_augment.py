@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import datasets
@@ -17,101 +18,36 @@ from dataset_builders.arguments import AugmentArguments, SourceArguments
 from dataset_builders.augment import augment_dataset
 from dataset_builders.source import select_few_shot
 from pipeline_dalda import AdaptiveGuidanceScaling
-from pipeline_dalda.arguments import ModelArguments
 from pipeline_dalda.prompts import PromptArguments, generate_prompt_bank
 from pipeline_dalda.seeding import item_seed
 from pipeline_dalda.testing import IP_ADAPTER_WEIGHT_NAME
 
-from .conftest import random_images
-from .helpers import dalda_command, kill_midway, run_dalda
+from .helpers import (
+    PETS_CLASSES,
+    assert_same_dataset,
+    assert_same_rows,
+    augment,
+    dalda_command,
+    images_by_row,
+    kill_midway,
+    kit_model_args,
+    random_images,
+    run_dalda,
+)
 from .hub_server import SECRET_TOKEN, HubServer
-
-
-CLASSES = ["pug", "beagle", "persian cat"]
-
-
-def model_args(tiny_models) -> ModelArguments:
-    return ModelArguments(
-        pretrained_model_name_or_path=str(tiny_models.stable_diffusion),
-        vae="",
-        ip_adapter=str(tiny_models.ip_adapter),
-        ip_adapter_weight_name=IP_ADAPTER_WEIGHT_NAME,
-        clip_score_model=str(tiny_models.clip_scorer),
-    )
-
-
-@pytest.fixture(scope="module")
-def pets(tmp_path_factory):
-    """A `save_to_disk` dataset: 3 classes × 3 images of assorted sizes, and a template prompt bank for it."""
-    root = tmp_path_factory.mktemp("pets")
-    sizes = [(48, 40), (30, 30), (64, 20)]
-    images = [image.resize(sizes[i % 3]) for i, image in enumerate(random_images(9, seed=40))]
-    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=CLASSES)})
-    datasets.Dataset.from_dict({"image": images, "label": [i % 3 for i in range(9)]}, features=features).save_to_disk(
-        root / "dataset"
-    )
-    generate_prompt_bank(PromptArguments(output=str(root / "bank.json"), num_prompts=3), CLASSES)
-    return root
-
-
-def augment(tiny_models, pets, output_dir, **overrides):
-    source = SourceArguments(dataset=str(pets / "dataset"), num_shots=overrides.pop("num_shots", 2))
-    values = dict(prompt_bank=str(pets / "bank.json"), num_prompts=2, num_inference_steps=2, batch_size=3)
-    args = AugmentArguments(output_dir=str(output_dir), **{**values, **overrides})
-    return augment_dataset(source, args, model_args(tiny_models), AdaptiveGuidanceScaling())
-
-
-def rows_without_images(dataset):
-    """Each row's identity (source, kind, prompt, seed), sorted, and its λ and CLIPScore in that order."""
-    rows = sorted(
-        ((row["source_index"], row["is_synthetic"], row["prompt"] or "", row["seed"] or -1),
-         (row["ip_adapter_scale"] or -1.0, row["clip_score"]))
-        for row in dataset.remove_columns("image")
-    )
-    return [identity for identity, _ in rows], np.array([values for _, values in rows])
-
-
-def assert_same_rows(first, second):
-    """The same rows; λ and CLIPScore within 1e-5, as CLIP on the CPU can differ in the last bits between runs."""
-    (first_rows, first_values), (second_rows, second_values) = rows_without_images(first), rows_without_images(second)
-    assert first_rows == second_rows
-    np.testing.assert_allclose(first_values, second_values, atol=1e-5, rtol=0)
-
-
-def images_by_row(dataset):
-    return {(row["source_index"], row["seed"]): np.asarray(row["image"], dtype=float) for row in dataset}
-
-
-def assert_same_dataset(first, second, tolerance=2):
-    assert_same_rows(first, second)
-    first_images, second_images = images_by_row(first), images_by_row(second)
-    for key, image in first_images.items():
-        assert image.shape == second_images[key].shape
-        assert np.abs(image - second_images[key]).max() <= tolerance, key
-
-
-@pytest.fixture(scope="module")
-def augmented(tiny_models, pets, tmp_path_factory):
-    os.environ["HF_TOKEN"] = SECRET_TOKEN
-    try:
-        output = tmp_path_factory.mktemp("augmented") / "out"
-        summary = augment(tiny_models, pets, output)
-    finally:
-        del os.environ["HF_TOKEN"]
-    return output, summary
 
 
 def test_output_loads_with_load_dataset_as_from_the_hub(augmented, pets):
     output, summary = augmented
     dataset = datasets.load_dataset(str(output), split="train")
-    assert len(dataset) == len(CLASSES) * 2 * (1 + 2) == summary["rows"]
-    assert dataset.features["label"].names == CLASSES
+    assert len(dataset) == len(PETS_CLASSES) * 2 * (1 + 2) == summary["rows"]
+    assert dataset.features["label"].names == PETS_CLASSES
     assert set(dataset.column_names) >= {
         "image", "label", "is_synthetic", "source_index", "prompt", "ip_adapter_scale", "clip_score", "seed"}
     assert sorted(Path(output, "data").iterdir())[0].name == "train-00000-of-00002.parquet"
 
     source = datasets.load_from_disk(str(pets / "dataset"))
-    selected = select_few_shot(source["label"], CLASSES, 2, seed=0)
+    selected = select_few_shot(source["label"], PETS_CLASSES, 2, seed=0)
     real = dataset.filter(lambda row: not row["is_synthetic"])
     assert sorted(real["source_index"]) == sorted(selected)
     bank = json.loads((pets / "bank.json").read_text())["prompts"]
@@ -119,7 +55,7 @@ def test_output_loads_with_load_dataset_as_from_the_hub(augmented, pets):
         source_row = source[row["source_index"]]
         assert row["label"] == source_row["label"]
         assert row["image"].size == source_row["image"].size
-        assert row["prompt"] in bank[CLASSES[row["label"]]][:2]
+        assert row["prompt"] in bank[PETS_CLASSES[row["label"]]][:2]
         assert row["seed"] in {item_seed(0, row["source_index"], j) for j in range(2)}
         assert 0.1 <= row["ip_adapter_scale"] <= 0.9 and 0 < row["clip_score"] < 1
     for row in real:
@@ -172,7 +108,7 @@ def test_base_prompt_and_not_enough_shots(tiny_models, pets, tmp_path):
 
 def config_file(tiny_models, pets, output_dir, path, **overrides):
     config = {
-        **{key: value for key, value in vars(model_args(tiny_models)).items()},
+        **{key: value for key, value in vars(kit_model_args(tiny_models)).items()},
         "dataset": str(pets / "dataset"), "num_shots": 2, "prompt_bank": str(pets / "bank.json"), "num_prompts": 2,
         "num_inference_steps": 2, "batch_size": 3, "output_dir": str(output_dir), **overrides,
     }
@@ -184,7 +120,8 @@ def test_sigkill_then_resume_finishes_without_redoing_shards(augmented, tiny_mod
     output = tmp_path / "killed"
     config = config_file(tiny_models, pets, output, tmp_path / "config.json", real_images_per_shard=1,
                          num_inference_steps=6)
-    kill_midway([*dalda_command(), "augment", str(config)], ready=lambda: len(list(output.glob("data/*.parquet"))) >= 2)
+    command = [*dalda_command(), "augment", str(config)]
+    kill_midway(command, ready=lambda: len(list(output.glob("data/*.parquet"))) >= 2)
     finished = {path: (path.stat().st_ino, path.stat().st_mtime_ns) for path in (output / "data").glob("*.parquet")}
     assert 2 <= len(finished) < 6
 
@@ -272,7 +209,7 @@ def test_bad_inputs_are_skipped_and_reported(tiny_models, tmp_path):
                              num_shots=4, allow_fewer_shots=True)
     args = AugmentArguments(output_dir=str(tmp_path / "out"), prompt_bank=str(tmp_path / "bank.json"), num_prompts=1,
                             num_inference_steps=1, batch_size=4)
-    summary = augment_dataset(source, args, model_args(tiny_models), AdaptiveGuidanceScaling())
+    summary = augment_dataset(source, args, kit_model_args(tiny_models), AdaptiveGuidanceScaling())
 
     assert summary["skipped_real_images"] == 2 and summary["rows_without_a_known_label"] == 2
     dataset = datasets.load_dataset(str(tmp_path / "out"), split="train")
@@ -292,7 +229,7 @@ def test_bad_inputs_are_skipped_and_reported(tiny_models, tmp_path):
     with pytest.raises(ValueError, match="class list is empty"):
         augment_dataset(
             SourceArguments(dataset=str(tmp_path / "source"), class_names_file=str(empty)), args,
-            model_args(tiny_models), AdaptiveGuidanceScaling(),
+            kit_model_args(tiny_models), AdaptiveGuidanceScaling(),
         )
 
 
@@ -312,3 +249,30 @@ def test_push_to_hub_uploads_the_folder_without_bookkeeping(augmented, tiny_mode
         assert content == (output / name).read_bytes()
         assert SECRET_TOKEN.encode() not in content
     assert SECRET_TOKEN not in result.stdout + result.stderr
+
+
+def test_decoding_encoding_and_writing_run_off_the_denoising_thread(tiny_models, pets, tmp_path, monkeypatch):
+    """The overlap of the module docstring: real images decode, finished images PNG-encode and shards write on their
+    own threads, while the results stay those of the plain run."""
+    import dataset_builders.augment as augment_module
+
+    threads = {"decode": set(), "encode": set(), "write": set()}
+
+    def recorded(stage, function):
+        def wrapper(*args, **kwargs):
+            threads[stage].add(threading.current_thread().name)
+            return function(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(augment_module, "load_image", recorded("decode", augment_module.load_image))
+    monkeypatch.setattr(augment_module, "stored_image", recorded("encode", augment_module.stored_image))
+    monkeypatch.setattr(augment_module, "write_shard", recorded("write", augment_module.write_shard))
+    augment(tiny_models, pets, tmp_path / "out", real_images_per_shard=2)
+
+    assert {name.split("_")[0] for name in threads["encode"]} == {"dalda-encode"}
+    assert {name.split("_")[0] for name in threads["write"]} == {"dalda-write"}
+    # Decoding: the CLIPScores' (once, up front, on this thread) and the shards' (in the background).
+    assert threading.main_thread().name in threads["decode"]
+    assert any(name.startswith("dalda-decode") for name in threads["decode"])
+    assert len(list((tmp_path / "out" / "data").glob("*.parquet"))) == 3

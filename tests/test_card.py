@@ -2,7 +2,6 @@
 packaged template, and nothing of the machine that made it."""
 
 import json
-import tomllib
 from pathlib import Path
 
 import datasets
@@ -20,8 +19,7 @@ from dataset_builders.card import (
 from dataset_builders.hub_layout import RUN_RECORD
 from dataset_builders.testing import augment_run_settings, write_augmented_dataset
 
-from .conftest import random_images
-from .test_augment import CLASSES, augmented, pets  # noqa: F401
+from .helpers import PETS_CLASSES, random_images
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,7 +29,7 @@ HUB_SOURCE = "timm/oxford-iiit-pet"
 def summary(rows: int) -> dict:
     """A run summary as `report.finalize_output` returns it, for `rows` rows."""
     return {
-        "classes": len(CLASSES), "real_images": 1, "synthetic_images": rows - 1, "rows": rows,
+        "classes": len(PETS_CLASSES), "real_images": 1, "synthetic_images": rows - 1, "rows": rows,
         "skipped_real_images": 0, "rows_without_a_known_label": 0,
         "ip_adapter_scale": {"mean": 0.3, "std": 0.1, "min": 0.1, "max": 0.5}, "clip_score": {},
     }
@@ -40,10 +38,10 @@ def summary(rows: int) -> dict:
 def write_small_output(folder: Path, settings: dict, image_size: int, rows: int = 2, **card_facts) -> Path:
     """A folder as `dalda augment` leaves it: one real image of class 0 and its synthetic ones, and the card."""
     images = random_images(rows, seed=image_size, size=(image_size, image_size))
-    write_augmented_dataset(folder, [(0, images[0], 0)], {0: [(image, 0) for image in images[1:]]}, settings, CLASSES)
-    facts = {"skipped": [], "unlabeled": [], "selection": {CLASSES[0]: [0]}, **card_facts}
+    write_augmented_dataset(folder, [(0, images[0], 0)], {0: [(image, 0) for image in images[1:]]}, settings, PETS_CLASSES)
+    facts = {"skipped": [], "unlabeled": [], "selection": {PETS_CLASSES[0]: [0]}, **card_facts}
     shards = sorted(Path(folder, "data").glob("*.parquet"))
-    write_dataset_card(folder, dataset_card(settings, summary(rows), class_names=CLASSES, shards=shards, **facts))
+    write_dataset_card(folder, dataset_card(settings, summary(rows), class_names=PETS_CLASSES, shards=shards, **facts))
     return folder
 
 
@@ -89,7 +87,7 @@ def test_card_metadata_parses_back_into_dataset_card_data(tmp_path):
     assert "1001 rows in one `train` split" in card.text and 'the base prompt "a photo of a {class}"' in card.text
 
     builder = datasets.load_dataset_builder(str(folder), cache_dir=str(tmp_path / "cache"))
-    assert builder.info.features["label"].names == CLASSES  # read from the card, before any data is loaded
+    assert builder.info.features["label"].names == PETS_CLASSES  # read from the card, before any data is loaded
     assert builder.info.splits["train"].num_examples == 1_001
 
 
@@ -105,6 +103,7 @@ def test_two_outputs_of_the_same_name_load_as_themselves(tmp_path):
 
 def test_card_template_is_packaged():
     """The template ships with the package (an installed, non-editable copy renders from its own files)."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
     package = ROOT / "dataset_builders"
     packaged = {path for pattern in package_data["dataset_builders"] for path in package.glob(pattern)}
@@ -112,12 +111,12 @@ def test_card_template_is_packaged():
     assert templates and templates <= packaged
 
 
-def test_run_card_names_no_local_path_and_matches_the_run_record(augmented, tiny_models, tmp_path_factory):  # noqa: F811
+def test_run_card_names_no_local_path_and_matches_the_run_record(augmented, tiny_models, tmp_path_factory):
     output, summary = augmented
     text = (output / "README.md").read_text()
     assert str(tmp_path_factory.getbasetemp()) not in text  # every folder of this test session lies under it
     card = DatasetCard.load(output / "README.md")
-    assert card.data.pretty_name == "./dataset augmented with DALDA (LLM + AGS)"
+    assert card.data.pretty_name == "dataset augmented with DALDA (LLM + AGS)"
     assert card.data.source_datasets is None  # a local folder is no Hub dataset to link to
     assert card.data.size_categories == ["n<1K"] and card.data.license == "other"
     # The card names local paths exactly as the published run record does.
@@ -130,7 +129,7 @@ def test_run_card_names_no_local_path_and_matches_the_run_record(augmented, tiny
         assert f"`{name}`" in text, name
 
 
-def test_run_output_loads_with_the_class_names(augmented, tmp_path):  # noqa: F811
+def test_run_output_loads_with_the_class_names(augmented, tmp_path):
     output, summary = augmented
     dataset = datasets.load_dataset(str(output), split="train", cache_dir=str(tmp_path / "cache"))
-    assert dataset.features["label"] == datasets.ClassLabel(names=CLASSES) and len(dataset) == summary["rows"]
+    assert dataset.features["label"] == datasets.ClassLabel(names=PETS_CLASSES) and len(dataset) == summary["rows"]

@@ -4,19 +4,22 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import PIL.Image
 import pytest
 from transformers import HfArgumentParser
 
+from dataset_builders.arguments import CLIPScoreMode
 from pipeline_dalda import DEFAULT_CLIP_SCORE_MODEL, AdaptiveGuidanceScaling
-from pipeline_dalda.arguments import AGSArguments, ModelArguments
+from pipeline_dalda.arguments import AGSArguments, AGSMode, ModelArguments
 from pipeline_dalda.cli import COMMANDS, DaldaArgumentParser, parse_options
+from pipeline_dalda.pipeline import AGS_MODES, CLASS_PROMPT_TEMPLATE, CLIP_SCORE_MODES, class_prompt
+from pipeline_dalda.prompts.matching import display_name
 from pipeline_dalda.seeding import item_seed
 
-from .conftest import random_images
-from .helpers import model_options, run_dalda
+from .helpers import model_options, random_images, run_dalda
 
 
 def test_help_lists_commands():
@@ -161,9 +164,14 @@ def test_help_imports_no_heavy_library():
     assert result.stdout.strip().splitlines()[-1] == "[]"
 
 
-def test_ags_options_match_the_pipelines_defaults():
+def test_options_match_the_pipelines_defaults_and_choices():
+    """The option modules stay light by not importing the pipeline file, which must stay self-contained: the values
+    both spell out are kept in step here."""
     assert AGSArguments().to_ags() == AdaptiveGuidanceScaling()
     assert ModelArguments().clip_score_model == DEFAULT_CLIP_SCORE_MODEL
+    assert get_args(AGSMode) == AGS_MODES and get_args(CLIPScoreMode) == CLIP_SCORE_MODES
+    for name in ("golden_retriever", "tabby__cat", "Great-Dane", "pug"):
+        assert class_prompt(name) == CLASS_PROMPT_TEMPLATE.format(display_name(name))
 
 
 def test_old_mode_option_still_works_with_a_warning(tmp_path, caplog):
@@ -173,7 +181,8 @@ def test_old_mode_option_still_works_with_a_warning(tmp_path, caplog):
     (_, _, _, ags), _ = parse_options("augment", [*options, "--mode=random"])
     assert ags.ags_mode == "random"
     config = tmp_path / "augment.yaml"
-    config.write_text(f"output_dir: {tmp_path / 'out'}\ndataset: pets\nbase_prompt: true\nmode: fixed\nfixed_scale: 0.5\n")
+    options = {"output_dir": str(tmp_path / "out"), "dataset": "pets", "base_prompt": True, "mode": "fixed"}
+    config.write_text(json.dumps({**options, "fixed_scale": 0.5}))  # JSON is YAML
     (_, _, args, ags), _ = parse_options("augment", [str(config)])
     assert ags.to_ags().mode == "fixed" and args.base_prompt and "`mode` is deprecated" in caplog.text
 
@@ -202,5 +211,12 @@ def test_expected_failures_end_in_one_line(tiny_models, tmp_path):
         assert result.returncode != 0, case
         assert "Traceback" not in result.stderr, f"{case}: {result.stderr}"
         assert expected[case] in result.stderr.strip().splitlines()[-1], f"{case}: {result.stderr}"
+    # A config file's values are checked as the options are, and a malformed file is named.
+    (tmp_path / "bad-choice.yaml").write_text("dataset: pets\noutput_dir: out\nbase_prompt: true\nags_mode: normal\n")
+    (tmp_path / "malformed.yaml").write_text("dataset: [pets\n")
+    for config, message in (("bad-choice.yaml", "`ags_mode` must be one of 'truncnorm'"), ("malformed.yaml", "Cannot read")):
+        result = run_dalda("augment", tmp_path / config)
+        assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+        assert message in result.stderr.strip().splitlines()[-1], result.stderr
     debug = run_dalda(*cases["missing dataset"], "--debug")
     assert debug.returncode != 0 and "Traceback" in debug.stderr and "The dataset '/no/such'" in debug.stderr

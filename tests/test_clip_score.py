@@ -7,7 +7,7 @@ import torch
 
 from pipeline_dalda import CLIPScorer, to_rgb
 
-from .conftest import random_images
+from .helpers import random_images
 
 
 CLASSES = ["dog", "cat", "golden retriever", "bird"]

@@ -20,7 +20,7 @@ from dataset_builders.evaluation.diversity import compute_diversity, diversity_t
 from dataset_builders.hub_layout import output_features
 from pipeline_dalda.testing import save_tiny_clip_scorer
 
-from .conftest import random_images
+from .helpers import random_images
 
 
 ROOT = Path(__file__).resolve().parents[1]

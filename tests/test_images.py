@@ -8,7 +8,7 @@ import pytest
 
 from pipeline_dalda.images import BadImage, load_image
 
-from .conftest import random_images
+from .helpers import random_images
 
 
 def exif_rotated_jpeg(image):

@@ -10,7 +10,7 @@ from transformers import CLIPModel, CLIPProcessor
 import pipeline_dalda
 from pipeline_dalda import DALDAPipeline
 
-from .conftest import generate_two_items, load_ip_adapter, random_images
+from .helpers import generate_two_items, load_ip_adapter, random_images
 
 
 PIPELINE_FOLDER = str(Path(pipeline_dalda.__file__).parent)

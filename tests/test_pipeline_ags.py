@@ -8,7 +8,7 @@ import torch
 from pipeline_dalda import AdaptiveGuidanceScaling, CLIPScorer, DALDAPipeline
 from pipeline_dalda.seeding import scale_generator
 
-from .conftest import load_ip_adapter, random_images
+from .helpers import load_ip_adapter, random_images
 
 
 CLASSES = ["dog", "cat", "bird"]
@@ -53,8 +53,8 @@ def test_per_item_ags_generators_make_each_items_scale_its_own(dalda_pipe):
 def test_images_are_scored_as_given_and_encoded_at_the_generation_size(dalda_pipe):
     wide = random_images(1, seed=4, size=(96, 32))[0]
     squashed = wide.resize((dalda_pipe.generation_size,) * 2, PIL.Image.BILINEAR)
-    encoded, encoded_squashed = dalda_pipe.encode_ip_adapter_images([wide]), dalda_pipe.encode_ip_adapter_images([squashed])
-    assert torch.equal(encoded[0], encoded_squashed[0])
+    encoded = dalda_pipe.encode_ip_adapter_images([wide])
+    assert torch.equal(encoded[0], dalda_pipe.encode_ip_adapter_images([squashed])[0])
     cropped = dalda_pipe.feature_extractor(wide, return_tensors="pt").pixel_values  # what no resize would encode
     assert not torch.allclose(dalda_pipe.image_encoder(cropped).image_embeds, encoded[0][:, 0])
 

@@ -8,7 +8,7 @@ from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0
 
 from pipeline_dalda import DEFAULT_NEGATIVE_PROMPT, DEFAULT_PROMPT_PREFIX
 
-from .conftest import load_ip_adapter, random_images
+from .helpers import load_ip_adapter, random_images
 
 
 STEPS = 4

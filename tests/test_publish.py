@@ -15,7 +15,7 @@ from pipeline_dalda import DALDA_SCHEDULER_CONFIG
 from pipeline_dalda.arguments import ModelArguments
 from pipeline_dalda.publish import FOLDER_PLACEHOLDER, write_pipeline_repo
 
-from .conftest import generate_two_items, load_ip_adapter
+from .helpers import generate_two_items, load_ip_adapter
 from .helpers import run_dalda
 from .hub_server import SECRET_TOKEN, HubServer
 

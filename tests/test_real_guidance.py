@@ -23,18 +23,18 @@ from pipeline_dalda.cli import main as dalda_main
 from pipeline_dalda.loading import load_dalda_pipeline
 from pipeline_dalda.seeding import item_seed
 
-from .test_augment import CLASSES, assert_same_dataset, augment, images_by_row, model_args, pets  # noqa: F401
+from .helpers import PETS_CLASSES, assert_same_dataset, augment, images_by_row, kit_model_args
 
 
 STEPS, M = 2, 2  # strength 0.5 runs int(2 · 0.5) = 1 denoising step
 
 
 @pytest.fixture(scope="module")
-def real_guidance(tiny_models, pets, tmp_path_factory):  # noqa: F811
+def real_guidance(tiny_models, pets, tmp_path_factory):
     """A Real Guidance run through the command line, with no prompt bank and no `--base_prompt`."""
     output = tmp_path_factory.mktemp("real-guidance") / "out"
     options = {
-        **vars(model_args(tiny_models)),
+        **vars(kit_model_args(tiny_models)),
         "dataset": pets / "dataset", "num_shots": 2, "method": "real_guidance", "num_prompts": M,
         "num_inference_steps": STEPS, "batch_size": 3, "output_dir": output,
     }
@@ -48,26 +48,26 @@ def load(output):
     return datasets.load_dataset(str(output), split="train", cache_dir=str(output.parent / f"{output.name}-cache"))
 
 
-def test_rows_are_img2img_of_the_real_images_with_the_class_prompt(real_guidance, pets):  # noqa: F811
+def test_rows_are_img2img_of_the_real_images_with_the_class_prompt(real_guidance, pets):
     dataset = load(real_guidance)
-    assert len(dataset) == len(CLASSES) * 2 * (1 + M)
+    assert len(dataset) == len(PETS_CLASSES) * 2 * (1 + M)
     assert all(scale is None for scale in dataset["ip_adapter_scale"])
     source = datasets.load_from_disk(str(pets / "dataset"))
     real = {row["source_index"]: row for row in dataset.filter(lambda row: not row["is_synthetic"])}
     synthetic = dataset.filter(lambda row: row["is_synthetic"])
-    assert len(real) == len(CLASSES) * 2 and len(synthetic) == len(real) * M
+    assert len(real) == len(PETS_CLASSES) * 2 and len(synthetic) == len(real) * M
     seeds = {}
     for row in synthetic:
         source_row = source[row["source_index"]]
         assert row["label"] == source_row["label"]
-        assert row["prompt"] == f"a photo of a {CLASSES[row['label']]}"
+        assert row["prompt"] == f"a photo of a {PETS_CLASSES[row['label']]}"
         assert row["image"].size == source_row["image"].size
         assert row["clip_score"] == real[row["source_index"]]["clip_score"] and 0 < row["clip_score"] < 1
         seeds.setdefault(row["source_index"], set()).add(row["seed"])
     assert seeds == {index: {item_seed(0, index, j) for j in range(M)} for index in real}
 
 
-def test_images_are_what_diffusers_img2img_makes_for_each_item_alone(real_guidance, tiny_models, pets):  # noqa: F811
+def test_images_are_what_diffusers_img2img_makes_for_each_item_alone(real_guidance, tiny_models, pets):
     """Each image is diffusers' own img2img at the generation size (no prefix, no negative prompt, DDIM), resized."""
     img2img = StableDiffusionImg2ImgPipeline.from_pretrained(
         tiny_models.stable_diffusion, safety_checker=None, requires_safety_checker=False
@@ -91,13 +91,13 @@ def test_images_are_what_diffusers_img2img_makes_for_each_item_alone(real_guidan
         assert difference.max() <= 2
 
 
-def test_result_does_not_depend_on_batch_size(real_guidance, tiny_models, pets, tmp_path):  # noqa: F811
+def test_result_does_not_depend_on_batch_size(real_guidance, tiny_models, pets, tmp_path):
     augment(tiny_models, pets, tmp_path / "batch-of-one", prompt_bank=None, method="real_guidance", num_prompts=M,
             num_inference_steps=STEPS, batch_size=1, real_images_per_shard=4)
     assert_same_dataset(load(real_guidance), load(tmp_path / "batch-of-one"))
 
 
-def test_strength_changes_the_images(tiny_models, pets, tmp_path):  # noqa: F811
+def test_strength_changes_the_images(tiny_models, pets, tmp_path):
     """The sensitivity check of the comparisons above: img2img strength reaches the pipeline."""
     images = {}
     for strength in (0.3, 0.9):  # 1 and 3 of 4 steps
@@ -113,7 +113,7 @@ def test_strength_changes_the_images(tiny_models, pets, tmp_path):  # noqa: F811
 def test_card_names_the_method_and_leaves_out_what_does_not_apply(real_guidance):
     card = (real_guidance / "README.md").read_text()
     for fact in (
-        "pretty_name: ./dataset augmented with Real Guidance",
+        "pretty_name: dataset augmented with Real Guidance",
         "Real Guidance baseline: SD img2img from the real image, prompt 'a photo of a {class}', "
         "strength 0.5, guidance 7.5",
         f"DDIM, {STEPS} steps", "prefix none, negative prompt none", "18 rows",
@@ -124,7 +124,7 @@ def test_card_names_the_method_and_leaves_out_what_does_not_apply(real_guidance)
     assert (real_guidance / "contact_sheet.png").is_file()
 
 
-def test_resuming_with_another_method_is_refused(real_guidance, tiny_models, pets):  # noqa: F811
+def test_resuming_with_another_method_is_refused(real_guidance, tiny_models, pets):
     with pytest.raises(ValueError, match="other settings \\(generation, models\\)"):
         augment(tiny_models, pets, real_guidance, num_prompts=M, num_inference_steps=STEPS)
 
@@ -154,8 +154,8 @@ def test_settings_per_method_and_their_validation():
         parser.parse_args_into_dataclasses(["--output_dir", "out", "--method", "da_fusion"])
 
 
-def test_loading_without_ip_adapter_leaves_the_attention_plain(tiny_models, pets, tmp_path):  # noqa: F811
-    pipe = load_dalda_pipeline(replace(model_args(tiny_models), ip_adapter=""))
+def test_loading_without_ip_adapter_leaves_the_attention_plain(tiny_models, pets, tmp_path):
+    pipe = load_dalda_pipeline(replace(kit_model_args(tiny_models), ip_adapter=""))
     assert pipe.image_encoder is None and getattr(pipe.unet, "encoder_hid_proj", None) is None
     ip_adapter_processors = (IPAdapterAttnProcessor, IPAdapterAttnProcessor2_0)
     assert not any(isinstance(processor, ip_adapter_processors) for processor in pipe.unet.attn_processors.values())
@@ -163,7 +163,7 @@ def test_loading_without_ip_adapter_leaves_the_attention_plain(tiny_models, pets
         augment_dataset(
             SourceArguments(dataset=str(pets / "dataset"), num_shots=1),
             AugmentArguments(output_dir=str(tmp_path / "out"), base_prompt=True),
-            replace(model_args(tiny_models), ip_adapter=""),
+            replace(kit_model_args(tiny_models), ip_adapter=""),
             AdaptiveGuidanceScaling(),
         )
 
@@ -178,7 +178,7 @@ def test_real_guidance_output_is_evaluated_like_any_augmented_dataset(real_guida
                           seeds=[0, 1], cache_dir=str(tmp_path / "cache"))
     )
     assert results["method"] == "Real Guidance"
-    assert results["training"] == {"real_images": len(CLASSES) * 2, "synthetic_images": len(CLASSES) * 2 * M}
-    assert results["test_set"]["protocol"] == "unselected" and results["test_set"]["test_images"] == len(CLASSES)
+    assert results["training"] == {"real_images": len(PETS_CLASSES) * 2, "synthetic_images": len(PETS_CLASSES) * 2 * M}
+    assert results["test_set"]["protocol"] == "unselected" and results["test_set"]["test_images"] == len(PETS_CLASSES)
     assert {"augmented", "real_only", "difference"} <= results["aggregate"].keys()
     assert "| real + synthetic (Real Guidance, p = 0.5) |" in (tmp_path / "evaluation" / "results.md").read_text()

@@ -8,6 +8,8 @@ option is used.
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
+from pipeline_dalda.arguments import resolve_device
+
 
 if TYPE_CHECKING:
     import torch
@@ -147,11 +149,7 @@ class EvaluateArguments:
             raise ValueError(f"`image_size` must be >= 1, got {self.image_size}.")
 
     def resolved_device(self) -> "torch.device":
-        import torch
-
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
+        return resolve_device(self.device)
 
     def schedule(self) -> "TrainingSchedule":
         from .training import TrainingSchedule

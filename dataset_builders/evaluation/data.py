@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import get_args
 
 import datasets
-import numpy as np
 from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import EntryNotFoundError
 
 from pipeline_dalda.images import BadImage, load_image
+from pipeline_dalda.seeding import stream
 
 from ..arguments import SourceArguments
 from ..hub_layout import RUN_RECORD, read_run_record
@@ -41,7 +41,7 @@ from .views import squash
 
 logger = logging.getLogger(__name__)
 
-_VALIDATION_STREAM = 21
+
 @dataclass(frozen=True)
 class ImageRef:
     """One image to use: its undecoded `datasets` value, its class, and where it comes from (for messages)."""
@@ -205,7 +205,7 @@ def carve_validation(test: list[ImageRef], fraction: float, seed: int) -> tuple[
     set, drawn from its own stream, so that early stopping never looks at the test images."""
     if fraction <= 0:
         return test, []
-    rng = np.random.default_rng(np.random.SeedSequence([_VALIDATION_STREAM, seed]))
+    rng = stream("validation", seed)
     validation_rows: set[int] = set()
     by_class: dict[int, list[int]] = {}
     for index, ref in enumerate(test):

@@ -1,6 +1,6 @@
 """The few-shot classifier's training: a linear head on frozen features, the paper's schedule and synthetic mixing.
 
-Every random draw of a trial comes from its own stream, `np.random.SeedSequence([stream, seed])`: which real images a
+Every random draw of a trial comes from its own stream ([`pipeline_dalda.seeding.stream`]): which real images a
 step draws, which of them are replaced by synthetic images, and which views they are seen in. So a trial's real
 draws and views are the same whatever the synthetic probability p, and real-only (p = 0) and augmented runs of one
 seed form a matched pair.
@@ -14,12 +14,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from pipeline_dalda.seeding import stream
+
 from .backbones import HeadRecipe
 from .metrics import balanced_accuracy, top1_accuracy
 from .views import ROTATION_STEP, draw_views, nearest_grid_views, view_grid
 
-
-_DRAW_STREAM, _MIX_STREAM, _VIEW_STREAM = 11, 12, 13
 
 ViewSampling = Literal["grid", "continuous"]
 
@@ -77,10 +77,6 @@ class Step(NamedTuple):
     angles: np.ndarray
 
 
-def _stream(stream: int, seed: int) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence([stream, seed]))
-
-
 def draw_training_batches(
     pool: TrainingPool,
     schedule: TrainingSchedule,
@@ -99,15 +95,15 @@ def draw_training_batches(
     [`view_grid`] of `rotation_step` to that same draw (`"grid"`, what the feature cache holds).
     """
     shape = (schedule.epochs, schedule.iterations_per_epoch, schedule.batch_size)
-    reals = _stream(_DRAW_STREAM, seed).integers(0, pool.num_reals, size=shape)
-    mixing = _stream(_MIX_STREAM, seed)
+    reals = stream("training_draws", seed).integers(0, pool.num_reals, size=shape)
+    mixing = stream("mixing", seed)
     replace, choice = mixing.random(shape) < synthetic_probability, mixing.random(shape)
     counts = pool.synthetic_counts[reals]
     replace &= counts > 0
     synthetic_items = pool.synthetic_offsets[reals] + np.floor(choice * counts).astype(np.int64)
     items = np.where(replace, synthetic_items, reals)
 
-    flips, angles = draw_views(_stream(_VIEW_STREAM, seed), shape)
+    flips, angles = draw_views(stream("views", seed), shape)
     grid = None
     if view_sampling == "grid":
         grid = nearest_grid_views(flips, angles, rotation_step)

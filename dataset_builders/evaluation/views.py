@@ -14,6 +14,7 @@ from .arguments import ROTATION_STEP
 MAX_ROTATION = 15.0
 """The paper's rotation range in degrees: angles are drawn from [-15, 15]."""
 
+
 @dataclass(frozen=True)
 class View:
     """One augmented view of an image: an optional horizontal flip, then a rotation (degrees, counter-clockwise)."""

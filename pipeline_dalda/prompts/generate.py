@@ -19,6 +19,7 @@ from .template import TemplatePromptWriter
 
 logger = logging.getLogger(__name__)
 
+
 class ChunkWriter(Protocol):
     def write_chunk(self, classes: Sequence[str], usage: UsageLedger) -> ChunkResult: ...
 
