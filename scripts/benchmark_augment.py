@@ -8,7 +8,8 @@ side by side in one run, on the same real images, prompts, λ's, seeds and steps
   decoding, PNG encoding and shard writing off the denoising path) against a loop in the released code's way: one
   image per call, the real image encoded on every call, each image saved as it comes: images per second and the ratio;
 - the share of `dalda augment`'s time spent outside the UNet;
-- a batch-size sweep of one pipeline call (images per second, peak memory);
+- a batch-size sweep of one pipeline call (images per second, peak memory), and with `--compile` the same sweep
+  again with a compiled UNet, side by side;
 - on a GPU, the UNet's model FLOPs utilisation: its FLOPs per step against the GPU's peak.
 
 On the CPU it defaults to 256 px, 4 steps and float32; on a GPU to 512 px, 30 steps and float16:
@@ -59,10 +60,10 @@ def parse_args():
     parser.add_argument("--classes", type=int, default=4 if on_gpu else 2)
     parser.add_argument("--shots", type=int, default=2 if on_gpu else 1, help="real images per class (n)")
     parser.add_argument("--prompts", type=int, default=8 if on_gpu else 4, help="synthetic images per real image (M)")
-    parser.add_argument("--batch-size", type=int, default=16 if on_gpu else 8, help="dalda augment's batch size")
+    parser.add_argument("--batch-size", type=int, default=16 if on_gpu else 4, help="dalda augment's batch size")
     parser.add_argument("--sweep", type=int, nargs="*", default=[1, 2, 4, 8, 16] if on_gpu else [1, 2, 4, 8])
     parser.add_argument("--dtype", default="auto", help="'auto': float16 on a GPU, float32 on the CPU")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the UNet (dalda's side)")
+    parser.add_argument("--compile", action="store_true", help="also sweep with a compiled UNet")
     parser.add_argument("--models-dir", help="keep the random models here and reuse them (about 7 GB at sd15)")
     parser.add_argument("--peak-tflops", type=float, help="the GPU's dense half-precision peak, if not known by name")
     return parser.parse_args()
@@ -71,9 +72,8 @@ def parse_args():
 def architecture_at(name: str, size: int):
     """The kit's architecture with its default generation size set to `size` px (the weights do not change)."""
     architecture = SD15 if name == "sd15" else TINY
-    return dataclasses.replace(
-        architecture, unet={**architecture.unet, "sample_size": size // 8}, vae={**architecture.vae, "sample_size": size}
-    )
+    unet, vae = {**architecture.unet, "sample_size": size // 8}, {**architecture.vae, "sample_size": size}
+    return dataclasses.replace(architecture, unet=unet, vae=vae)
 
 
 def synchronize(device: torch.device) -> None:
@@ -87,8 +87,12 @@ class UNetTimer:
     def __init__(self, unet: torch.nn.Module, device: torch.device):
         self.seconds, self.calls, self.device = 0.0, 0, device
         self._start = 0.0
-        unet.register_forward_pre_hook(self._before)
-        unet.register_forward_hook(self._after)
+        self._hooks = [unet.register_forward_pre_hook(self._before), unet.register_forward_hook(self._after)]
+
+    def remove(self) -> None:
+        """Stops timing (a compiled UNet must not see the hooks: timing them would split its graph)."""
+        for hook in self._hooks:
+            hook.remove()
 
     def _before(self, module, args):
         synchronize(self.device)
@@ -126,7 +130,7 @@ def write_source(folder: Path, classes: int, shots: int) -> list[str]:
     return names
 
 
-def run_dalda(pipe, work: Path, args, timer: UNetTimer) -> tuple[float, list[dict]]:
+def run_dalda(pipe, work: Path, args) -> tuple[float, list[dict]]:
     """`dalda augment`'s generation (CLIPScores, shards built and written); returns seconds and the synthetic rows."""
     source = SourceArguments(dataset=str(work / "data"), num_shots=args.shots)
     augment = AugmentArguments(
@@ -180,6 +184,16 @@ def run_released_way(pipe, work: Path, args, synthetic: list[dict]) -> float:
             image.resize(real.size, PIL.Image.BILINEAR).save(folder / f"{source_index}-{row['seed']}.png")
     synchronize(pipe.device)
     return time.perf_counter() - start
+
+
+def warm_up(pipe, args) -> None:
+    """One short call at `dalda augment`'s batch size (and one at 1, the released way's), untimed: the first calls
+    pay for allocations, kernel choices and, with `--compile`, the compile."""
+    real = PIL.Image.new("RGB", (64, 64))
+    for batch_size in sorted({1, args.batch_size}):
+        pipe(["a photo"] * batch_size, ip_adapter_image=[real] * batch_size, ip_adapter_scale=0.5,
+             num_inference_steps=1, output_type="latent")
+    pipe.clip_scorer()([real], [0], ["class 0"])
 
 
 def sweep(pipe, args, device: torch.device, timer: UNetTimer) -> list[dict]:
@@ -242,19 +256,23 @@ def main():
             clip_score_model=str(models_dir / "clip-scorer"),
             device=str(device),
             dtype=args.dtype,
-            compile=args.compile,
         )
         pipe = load_dalda_pipeline(models)
         pipe.set_progress_bar_config(disable=True)
         timer = UNetTimer(pipe.unet, device)
 
-        # Warm up both paths on one small run first (allocations, kernels, a compile), then time them.
+        warm_up(pipe, args)
         with timer.measuring():
-            dalda_seconds, synthetic = run_dalda(pipe, work, args, timer)
+            dalda_seconds, synthetic = run_dalda(pipe, work, args)
         dalda_unet_seconds = timer.seconds
         released_seconds = run_released_way(pipe, work, args, synthetic)
         images = len(synthetic)
         sweep_results = sweep(pipe, args, device, timer)
+        compiled_results = None
+        if args.compile:
+            timer.remove()
+            pipe.unet = torch.compile(pipe.unet)
+            compiled_results = sweep(pipe, args, device, UNetTimer(torch.nn.Module(), device))
 
         report = {
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -263,7 +281,6 @@ def main():
             "size": args.size,
             "steps": args.steps,
             "dtype": str(pipe.unet.dtype),
-            "compile": args.compile,
             "images": images,
             "dalda_augment": {
                 "seconds": dalda_seconds, "images_per_s": images / dalda_seconds,
@@ -273,6 +290,14 @@ def main():
             "speed_up": released_seconds / dalda_seconds,
             "sweep": sweep_results,
         }
+        if compiled_results is not None:
+            report["sweep_compiled_unet"] = [
+                {
+                    **{key: value for key, value in row.items() if key != "unet_seconds"},  # not timed: no hooks
+                    "speed_up_over_eager": row["images_per_s"] / eager["images_per_s"],
+                }
+                for row, eager in zip(compiled_results, sweep_results)
+            ]
         if device.type == "cuda":
             name = torch.cuda.get_device_name(device)
             peak = args.peak_tflops or next((tflops for key, tflops in PEAK_TFLOPS.items() if key in name), None)
