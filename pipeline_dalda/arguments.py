@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 AGSMode = Literal["truncnorm", "reference", "random", "fixed"]
 """The modes of `AdaptiveGuidanceScaling` (its `AGS_MODES`; a test keeps the two in step)."""
 Backend = Literal["template", "openai", "file"]
+DType = Literal["auto", "float32", "float16", "bfloat16"]
 
 
 def resolve_device(device: str) -> "torch.device":
@@ -58,7 +59,7 @@ class ModelArguments:
         metadata={"help": "Keep the pipeline's safety checker (DALDA's released code runs without it)."},
     )
     device: str = field(default="auto", metadata={"help": "'auto' (CUDA when available), 'cuda:1', 'cpu', ..."})
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = field(
+    dtype: DType = field(
         default="auto",
         metadata={"help": "'auto': float16 on CUDA, float32 elsewhere. CLIPScore is always computed in float32."},
     )
@@ -78,6 +79,8 @@ class ModelArguments:
 
         if self.dtype == "auto":
             return torch.float16 if self.resolved_device().type == "cuda" else torch.float32
+        if self.dtype not in get_args(DType):
+            raise ValueError(f"`dtype` must be one of {get_args(DType)}, got {self.dtype!r}.")
         return getattr(torch, self.dtype)
 
 

@@ -232,28 +232,29 @@ class DaldaArgumentParser(HfArgumentParser):
             self._parse_dataclass_field(self._group(group_of.get(field.name, default_group)), field)
 
 
+def _current_name(name: str, spelled: Callable[[str], str], where: str = "") -> str:
+    """The option's current name; a deprecated one is replaced, with a warning that spells both names as the user
+    wrote them (and says `where`)."""
+    if name not in DEPRECATED_OPTIONS:
+        return name
+    logger.warning("%s%s is deprecated; use %s.", where, spelled(name), spelled(DEPRECATED_OPTIONS[name]))
+    return DEPRECATED_OPTIONS[name]
+
+
 def _renamed_options(options: list[str]) -> list[str]:
-    """`options` with every deprecated AGS option name replaced by its new name, with a warning for each."""
+    """Command-line `options` with every deprecated AGS option name replaced by its current name."""
     renamed = []
     for option in options:
         name, equals, value = option.partition("=")
-        old = name[2:] if name.startswith("--") else None
-        if old in DEPRECATED_OPTIONS:
-            logger.warning("--%s is deprecated; use --%s.", old, DEPRECATED_OPTIONS[old])
-            option = f"--{DEPRECATED_OPTIONS[old]}{equals}{value}"
+        if name.startswith("--"):
+            option = f"--{_current_name(name[2:], lambda option: f'--{option}')}{equals}{value}"
         renamed.append(option)
     return renamed
 
 
 def _renamed_keys(config: dict[str, Any], path: str) -> dict[str, Any]:
-    """A config file's options with every deprecated AGS key replaced by its new name, with a warning for each."""
-    renamed = {}
-    for key, value in config.items():
-        if key in DEPRECATED_OPTIONS:
-            logger.warning("%s: `%s` is deprecated; use `%s`.", path, key, DEPRECATED_OPTIONS[key])
-            key = DEPRECATED_OPTIONS[key]
-        renamed[key] = value
-    return renamed
+    """A config file's options with every deprecated AGS key replaced by its current name."""
+    return {_current_name(key, lambda key: f"`{key}`", f"{path}: "): value for key, value in config.items()}
 
 
 def _read_config(path: str) -> dict[str, Any]:

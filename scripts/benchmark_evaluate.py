@@ -54,26 +54,15 @@ def parse_args():
 
 
 def build_full_size_backbones(folder: Path) -> dict[str, Path]:
-    """ViT-B/16 CLIP and ResNet-50 from their configs, random weights, saved with a processor."""
-    from transformers import CLIPConfig, CLIPModel, CLIPVisionConfig, ConvNextImageProcessor, ResNetConfig, ResNetModel
+    """ViT-B/16 CLIP (the model kit's full-size scorer) and ResNet-50 from their configs, random weights, saved with
+    their processors."""
+    from transformers import ConvNextImageProcessor, ResNetConfig, ResNetModel
 
-    from pipeline_dalda.testing import tiny_clip_tokenizer
+    from pipeline_dalda.testing import SD15, save_tiny_clip_scorer
 
+    clip = save_tiny_clip_scorer(folder / "clip-vit-b-16", architecture=SD15)
+    paths = {"clip": clip, "resnet": folder / "resnet-50"}
     torch.manual_seed(0)
-    paths = {"clip": folder / "clip-vit-b-16", "resnet": folder / "resnet-50"}
-    vision = CLIPVisionConfig(
-        patch_size=16,
-        image_size=224,
-        hidden_size=768,
-        num_hidden_layers=12,
-        intermediate_size=3072,
-        num_attention_heads=12,
-    )
-    tokenizer = tiny_clip_tokenizer()
-    config = CLIPConfig(vision_config=vision.to_dict(), projection_dim=512)
-    config.text_config.vocab_size = max(config.text_config.vocab_size, len(tokenizer))
-    CLIPModel(config).save_pretrained(paths["clip"])
-    tokenizer.save_pretrained(paths["clip"])
     ResNetModel(ResNetConfig()).save_pretrained(paths["resnet"])  # the default config is ResNet-50
     ConvNextImageProcessor(crop_pct=1.0).save_pretrained(paths["resnet"])
     return paths
