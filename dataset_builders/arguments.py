@@ -99,7 +99,7 @@ class AugmentArguments:
     _option_groups = {
         "prompts": ("method", "prompt_bank", "base_prompt", "num_prompts", "prompt_prefix", "negative_prompt"),
         "AGS": ("clip_score_mode",),
-        "sampling": ("seed", "num_inference_steps", "guidance_scale", "real_guidance_strength", "batch_size"),
+        "sampling": ("seed", "seeds", "num_inference_steps", "guidance_scale", "real_guidance_strength", "batch_size"),
         "output": ("output_dir", "real_images_per_shard", "contact_sheet_rows", "push_to_hub", "private"),
     }
     """The `--help` heading of each option (read by the `dalda` command line; other parsers ignore it)."""
@@ -141,6 +141,14 @@ class AugmentArguments:
         },
     )
     seed: int = field(default=0, metadata={"help": "Seeds the few-shot selection, every λ and every image."})
+    seeds: list[int] | None = field(
+        default=None,
+        metadata={
+            "help": "The paper's trials (e.g. 0 1 2), instead of `seed`: one complete dataset per seed, each with its "
+            "own shots, λ's and images, in `<output_dir>/seed_<s>/`; one Hub dataset with a configuration per trial "
+            "(`load_dataset(<output_dir>, 'seed_0')`), which `dalda evaluate` evaluates trial by trial."
+        },
+    )
     num_inference_steps: int | None = field(
         default=None,
         metadata={"help": "DDIM steps; unset: 30 for dalda (the paper), 50 for real_guidance."},
@@ -170,6 +178,8 @@ class AugmentArguments:
         for name, value in method_defaults(self.method).items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
+        if self.seeds is not None and (not self.seeds or len(set(self.seeds)) != len(self.seeds)):
+            raise ValueError(f"`seeds` must be distinct seeds, at least one; got {self.seeds}.")
         for name in ("num_prompts", "batch_size", "real_images_per_shard", "num_inference_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}.")

@@ -60,8 +60,8 @@ from pipeline_dalda.resume import ensure_same_settings, record_settings
 from pipeline_dalda.seeding import item_seed, noise_generator, scale_generator
 
 from .arguments import AugmentArguments, SourceArguments
-from .hub_layout import WORK_DIR, output_features, push_to_hub, shard_path, write_shard
-from .report import finalize_output
+from .hub_layout import WORK_DIR, output_features, push_to_hub, shard_path, trial_name, write_shard
+from .report import finalize_output, write_trials_card
 from .source import RealImages, load_real_images, select_few_shot
 
 
@@ -430,7 +430,7 @@ def run_settings(
 ) -> dict[str, Any]:
     """What decides the output's content; a resumed run must match it. Batch size and devices do not."""
     generation = asdict(args)
-    for name in ("output_dir", "batch_size", "contact_sheet_rows", "push_to_hub", "private"):
+    for name in ("output_dir", "seeds", "batch_size", "contact_sheet_rows", "push_to_hub", "private"):
         generation.pop(name)
     if args.prompt_bank:
         generation["prompt_bank_sha256"] = hashlib.sha256(Path(args.prompt_bank).read_bytes()).hexdigest()
@@ -446,10 +446,13 @@ def run_settings(
 def augment_dataset(
     source_args: SourceArguments, args: AugmentArguments, model_args: ModelArguments, ags: AdaptiveGuidanceScaling
 ) -> dict[str, Any] | None:
-    """Runs the whole job in this process's share; the main process then writes the card (and pushes).
+    """Runs the whole job in this process's share; the main process then writes the card (and pushes). With
+    `args.seeds`, runs one trial per seed ([`augment_trials`]).
 
     Returns the run summary on the main process, None on the others.
     """
+    if args.seeds is not None:
+        return augment_trials(source_args, args, model_args, ags)
     output_dir = create_output_dir(args.output_dir)
     model_args = method_models(args, model_args)
     # On the CPU, accelerate forms a process group only when told it runs on the CPU.
@@ -505,11 +508,49 @@ def augment_dataset(
         return None
     summary = finalize_output(output_dir, real, selected, settings, args.contact_sheet_rows, len(shards))
     if args.push_to_hub:
-        try:
-            logger.info("Pushed to %s", push_to_hub(output_dir, args.push_to_hub, private=args.private))
-        except Exception as error:
-            raise ValueError(
-                f"Uploading to {args.push_to_hub!r} failed ({type(error).__name__}: {error}). The dataset is complete "
-                f"in {str(output_dir)!r}; run the same command again to retry the upload."
-            ) from error
+        push_finished(output_dir, args)
     return summary
+
+
+def push_finished(output_dir: Path, args: AugmentArguments) -> None:
+    """Uploads a finished output folder; a failed upload says how to retry it."""
+    try:
+        logger.info("Pushed to %s", push_to_hub(output_dir, args.push_to_hub, private=args.private))
+    except Exception as error:
+        raise ValueError(
+            f"Uploading to {args.push_to_hub!r} failed ({type(error).__name__}: {error}). The dataset is complete "
+            f"in {str(output_dir)!r}; run the same command again to retry the upload."
+        ) from error
+
+
+def augment_trials(
+    source_args: SourceArguments, args: AugmentArguments, model_args: ModelArguments, ags: AdaptiveGuidanceScaling
+) -> dict[str, Any] | None:
+    """The paper's trials: one complete run per seed of `args.seeds`, each in the folder `seed_<s>` of the output
+    (resumable, shared between processes and guarded by its own settings, as any run), then one card that makes
+    each trial a configuration of one dataset.
+
+    The trials of one output folder differ by their seed only: a rerun that adds seeds adds trials, and a rerun with
+    other settings is refused.
+
+    Returns `{seed: run summary}` on the main process, None on the others.
+    """
+    root = create_output_dir(args.output_dir)
+    state = PartialState(cpu=method_models(args, model_args).resolved_device().type == "cpu")
+    shared = run_settings(source_args, replace(args, seeds=None), model_args, ags)
+    shared["generation"].pop("seed")
+    if state.is_main_process:
+        record_settings(root / WORK_DIR / "run.json", shared)
+    state.wait_for_everyone()
+    ensure_same_settings(root / WORK_DIR / "run.json", shared, work=root)
+    summaries = {}
+    for seed in args.seeds:
+        logger.info("Trial %d of %d: seed %d", len(summaries) + 1, len(args.seeds), seed)
+        trial = replace(args, seed=seed, seeds=None, output_dir=str(root / trial_name(seed)), push_to_hub=None)
+        summaries[seed] = augment_dataset(source_args, trial, model_args, ags)
+    if not state.is_main_process:
+        return None
+    write_trials_card(root, summaries)
+    if args.push_to_hub:
+        push_finished(root, args)
+    return summaries

@@ -4,6 +4,7 @@ published with the data: no local path, no secret."""
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -67,13 +68,24 @@ def size_category(num_rows: int) -> str:
     return "n>1T"
 
 
-def card_data(public: dict[str, Any], class_names: list[str], num_rows: int, download_size: int) -> DatasetCardData:
+@dataclass(frozen=True)
+class ConfigFiles:
+    """One configuration of a published dataset: its name, its shards (a path pattern), rows and bytes."""
+
+    name: str
+    path: str
+    num_rows: int
+    download_size: int
+
+
+def card_data(public: dict[str, Any], class_names: list[str], configs: list[ConfigFiles]) -> DatasetCardData:
     """The metadata the Hub indexes, from the run's public settings, and what `datasets` reads before loading.
 
-    `configs` points `load_dataset` at the shards. `dataset_info` declares the features and the split (as
-    `Dataset.push_to_hub` writes them): `load_dataset_builder` reads the class names without downloading the data,
-    and `datasets` keys its cache of a local folder on this YAML and the folder's name, so the row count and the
-    shards' size keep two runs written to folders of the same name apart.
+    `configs` points `load_dataset` at the shards: one `default` configuration for a run, one per trial for
+    `dalda augment --seeds`. `dataset_info` declares the features and the split of each (as `Dataset.push_to_hub`
+    writes them): `load_dataset_builder` reads the class names without downloading the data, and `datasets` keys its
+    cache of a local folder on this YAML and the folder's name, so the row count and the shards' size keep two runs
+    written to folders of the same name apart.
     """
     dataset, method = public["source"]["dataset"], public["generation"]["method"]
     data = DatasetCardData(
@@ -83,18 +95,23 @@ def card_data(public: dict[str, Any], class_names: list[str], num_rows: int, dow
         license_link=OPENRAIL_M_LINK,
         # A local source is published as `./<name>`, which names nothing on the Hub.
         source_datasets=None if dataset.startswith(LOCAL_PREFIX) else [dataset],
-        size_categories=[size_category(num_rows)],
+        size_categories=[size_category(sum(config.num_rows for config in configs))],
         task_categories=["image-classification"],
         tags=["synthetic", "data-augmentation", "dalda", "few-shot"]
         + (["real-guidance"] if method == "real_guidance" else []),
-        configs=[{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}],
+        configs=[
+            {"config_name": config.name, "data_files": [{"split": "train", "path": config.path}]} for config in configs
+        ],
     )
-    info = datasets.DatasetInfo(
-        features=output_features(class_names),
-        splits=[{"name": "train", "num_examples": num_rows}],
-        download_size=download_size,
-    )
-    DatasetInfosDict({"default": info}).to_dataset_card_data(data)
+    infos = {
+        config.name: datasets.DatasetInfo(
+            features=output_features(class_names),
+            splits=[{"name": "train", "num_examples": config.num_rows}],
+            download_size=config.download_size,
+        )
+        for config in configs
+    }
+    DatasetInfosDict(infos).to_dataset_card_data(data)
     return data
 
 
@@ -130,7 +147,8 @@ def dataset_card(
     """
     public = public_settings(settings)
     generation = public["generation"]
-    data = card_data(public, class_names, summary["rows"], download_size=sum(path.stat().st_size for path in shards))
+    files = ConfigFiles("default", "data/train-*", summary["rows"], sum(path.stat().st_size for path in shards))
+    data = card_data(public, class_names, [files])
     content = _TEMPLATES.get_template("dataset_card.md").render(
         card_data=data.to_yaml(),
         label=method_label(public),
@@ -144,6 +162,24 @@ def dataset_card(
         skipped=skipped,
         unlabeled=unlabeled,
         selection=json.dumps(selection, ensure_ascii=False),
+        openrail_m_link=OPENRAIL_M_LINK,
+    )
+    return DatasetCard(content)
+
+
+def trials_card(public: dict[str, Any], class_names: list[str], trials: dict[int, ConfigFiles]) -> DatasetCard:
+    """The card of `dalda augment --seeds`: one configuration per trial (seed → its files), each a complete dataset
+    with its own card in its folder.
+
+    Args:
+        public: the public settings of one trial (they differ between trials by the seed only).
+    """
+    data = card_data(public, class_names, list(trials.values()))
+    content = _TEMPLATES.get_template("trials_card.md").render(
+        card_data=data.to_yaml(),
+        label=method_label(public),
+        source=public["source"],
+        trials=trials,
         openrail_m_link=OPENRAIL_M_LINK,
     )
     return DatasetCard(content)

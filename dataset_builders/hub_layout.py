@@ -23,6 +23,16 @@ RUN_RECORD = "dalda.json"
 machine that made it is published, and a reader who has that folder beside them can still point at it."""
 
 
+TRIAL_PREFIX = "seed_"
+"""`dalda augment --seeds` writes trial s, a complete dataset of its own, to the folder (and Hub configuration)
+`seed_<s>` of its output."""
+
+
+def trial_name(seed: int) -> str:
+    """The folder and Hub configuration of trial `seed`."""
+    return f"{TRIAL_PREFIX}{seed}"
+
+
 _PATH_SETTINGS = {
     "source": ("dataset", "class_names_file"),
     "generation": ("prompt_bank",),
@@ -87,5 +97,7 @@ def write_shard(shard: datasets.Dataset, path: Path, output_dir: str | os.PathLi
 
 
 def push_to_hub(output_dir: str | os.PathLike, repo_id: str, private: bool = False) -> str:
-    """Uploads the dataset folder (not its `.dalda` bookkeeping) to a Hub dataset repo; returns the commit's URL."""
-    return push_folder(output_dir, repo_id, repo_type="dataset", private=private, ignore_patterns=[f"{WORK_DIR}/**"])
+    """Uploads the dataset folder (not its `.dalda` bookkeeping, nor its trials') to a Hub dataset repo; returns the
+    commit's URL."""
+    ignored = [f"{WORK_DIR}/**", f"*/{WORK_DIR}/**"]  # a folder of trials has the bookkeeping of each trial too
+    return push_folder(output_dir, repo_id, repo_type="dataset", private=private, ignore_patterns=ignored)

@@ -5,6 +5,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import datasets
 import numpy as np
 import PIL.Image
 import PIL.ImageDraw
@@ -13,8 +14,8 @@ import pyarrow.parquet as pq
 
 from pipeline_dalda.images import load_image
 
-from .card import dataset_card, write_dataset_card
-from .hub_layout import WORK_DIR, shard_path, write_run_record
+from .card import ConfigFiles, dataset_card, trials_card, write_dataset_card
+from .hub_layout import TRIAL_PREFIX, WORK_DIR, public_settings, read_run_record, shard_path, write_run_record
 from .source import RealImages
 
 
@@ -108,3 +109,25 @@ def finalize_output(
     write_run_record(output_dir, settings)
     logger.info("Summary: %s", json.dumps(summary))
     return summary
+
+
+def write_trials_card(root: Path, summaries: dict[int, dict[str, Any]]) -> None:
+    """Writes the card of a folder of trials: one configuration per finished trial folder (`seed_<s>`), those of
+    earlier runs into the same folder included."""
+    trials: dict[int, ConfigFiles] = {}
+    records = {}
+    for folder in root.glob(f"{TRIAL_PREFIX}*"):
+        settings = read_run_record(folder)
+        shards = sorted(folder.glob("data/train-*.parquet"))
+        if settings is None or not (folder / "README.md").exists():
+            continue  # not a finished trial
+        seed = int(settings["generation"]["seed"])
+        rows = sum(pq.ParquetFile(shard).metadata.num_rows for shard in shards)
+        trials[seed] = ConfigFiles(folder.name, f"{folder.name}/data/train-*", rows, sum(s.stat().st_size for s in shards))
+        records[seed] = settings
+    trials = dict(sorted(trials.items()))
+    first = next(iter(trials))
+    shard = next(Path(root, trials[first].name, "data").glob("train-*.parquet"))
+    class_names = datasets.Features.from_arrow_schema(pq.read_schema(shard))["label"].names
+    write_dataset_card(root, trials_card(public_settings(records[first]), class_names, trials))
+    logger.info("%d trials: %s", len(trials), ", ".join(f"seed {seed}" for seed in trials))

@@ -15,7 +15,7 @@ import PIL.Image
 
 from pipeline_dalda.atomic import write_json_atomically
 
-from .hub_layout import WORK_DIR, output_features, write_run_record
+from .hub_layout import WORK_DIR, output_features, trial_name, write_run_record
 
 
 COLOURS = ["red", "green", "blue", "yellow"]
@@ -96,4 +96,44 @@ def write_augmented_dataset(
     dataset.to_parquet(str(Path(folder, "data", "train-00000-of-00001.parquet")))
     write_json_atomically(Path(folder, WORK_DIR, "run.json"), settings)
     write_run_record(folder, settings)
+    return Path(folder)
+
+
+def write_colour_trials(
+    folder: str | os.PathLike,
+    source: str | os.PathLike,
+    labels: list[int],
+    images: list[PIL.Image.Image],
+    seeds: list[int],
+    num_shots: int = 1,
+    synthetic_per_real: int = 12,
+    synthetic_class_shift: int = 0,
+    shot_selection: str = "random",
+) -> Path:
+    """
+    Writes the paper's trials of the colour dataset as `dalda augment --seeds` lays them out: per seed, its own shots
+    (drawn as `dalda augment` draws them) and its own synthetic images, fresh colour images of the class
+    `label + synthetic_class_shift` (0: the right class; 1: the next class, labelled as the real image).
+
+    Args:
+        source: the colour dataset's folder (from [`save_colour_dataset`]); `labels` and `images` are its rows.
+    """
+    from .source import select_few_shot
+
+    for seed in seeds:
+        shots = select_few_shot(labels, COLOURS, num_shots, seed, protocol=shot_selection)
+        rng = np.random.default_rng([100, seed])
+        synthetic = {
+            row: [
+                (image, labels[row])
+                for image in colour_images(rng, (labels[row] + synthetic_class_shift) % len(COLOURS), synthetic_per_real)
+            ]
+            for row in shots
+        }
+        write_augmented_dataset(
+            Path(folder, trial_name(seed)),
+            [(row, images[row], labels[row]) for row in shots],
+            synthetic,
+            augment_run_settings(source, num_shots, shot_selection, seed),
+        )
     return Path(folder)

@@ -1,6 +1,6 @@
 """Benchmark: `dalda evaluate`'s cached path (frozen-backbone features computed once per image and view) against the
-uncached path (the backbone run on augmented pixels at every training step, as the released code does), side by
-side in one run on the same data, for the paper's schedule (50 epochs × 200 iterations × batch 32) and 3 seeds,
+uncached path (the backbone run on augmented pixels at every training step, the released code's data path), side by
+side in one run on the same data, for the paper's schedule (50 epochs × 200 iterations × batch 32) and 3 classifiers,
 real-only and augmented: 6 trainings.
 
 Part 1, speed, with the full-size architectures built from their configs with random weights (nothing downloaded):
@@ -9,11 +9,19 @@ twice with a short schedule (1 epoch of K and 2K iterations); the difference giv
 the full schedule's time is projected from it (`--uncached-iterations 0` runs the whole uncached schedule instead:
 hours on a GPU, days on a CPU). Each measurement runs in its own process, which also reports its peak memory.
 
-Part 2, accuracy, on the offline fixture (the data kit's colour classes, the model kit's tiny backbones): both paths
-whole, on one schedule, with their balanced accuracies.
+Part 2, accuracy, on the offline fixture (the data kit's colour classes in three trials, the model kit's tiny
+backbones): both paths whole, on one schedule, with their balanced accuracies; and, for the tiny ResNet, the frozen
+(eval-mode) probe against the paper's batch-norm mode (`--batch_norm paper`).
 
-    python scripts/benchmark_evaluate.py                       # both parts, sizes chosen for the device
+Part 3, heads: the linear heads of 3 trials × 2 arms trained as one batched computation (`train_linear_heads`)
+against the per-trial loop (one `torch.nn.Linear` per trial and arm, trained by autograd one after another, as
+`dalda evaluate` did before), on cached features of the paper's size (ViT-B/16's 512 features, 37 classes, 1 shot and
+M = 10, 62 views), side by side in interleaved rounds (A B B A ...): the median ratio, its spread, and how far any
+head's loss moved.
+
+    python scripts/benchmark_evaluate.py                       # every part, sizes chosen for the device
     python scripts/benchmark_evaluate.py --part speed --classes 10 --test-per-class 10 --uncached-iterations 8
+    python scripts/benchmark_evaluate.py --part heads --head-epochs 10 --rounds 4
 """
 
 import argparse
@@ -31,7 +39,7 @@ import torch
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=["speed", "accuracy", "both"], default="both")
+    parser.add_argument("--part", choices=["speed", "accuracy", "heads", "all"], default="all")
     parser.add_argument("--backbones", nargs="+", choices=["clip", "resnet"], default=["clip", "resnet"])
     parser.add_argument("--classes", type=int, default=10, help="classes of the speed dataset (1 shot each)")
     parser.add_argument("--synthetic-per-real", type=int, default=10, help="M")
@@ -48,6 +56,8 @@ def parse_args():
         default=None,
         help="epochs of part 2 (default: the paper's 50 on a GPU, 10 on a CPU)",
     )
+    parser.add_argument("--head-epochs", type=int, default=50, help="epochs of part 3 (200 iterations of 32 each)")
+    parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds of part 3 (A B, then B A, ...)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     return parser.parse_args()
@@ -129,7 +139,7 @@ def speed(args, work: Path) -> list[dict]:
             dataset=str(dataset),
             backbone=str(backbones[name]),
             device=args.device,
-            seeds=[0, 1, 2],
+            classifier_seeds=[0, 1, 2],
             feature_batch_size=128 if gpu else 32,
             num_workers=8 if gpu else 2,
         )
@@ -164,28 +174,14 @@ def speed(args, work: Path) -> list[dict]:
 
 
 def accuracy(args, work: Path) -> list[dict]:
-    from dataset_builders.source import select_few_shot
-    from dataset_builders.testing import (
-        COLOURS,
-        augment_run_settings,
-        colour_images,
-        save_colour_dataset,
-        write_augmented_dataset,
-    )
+    from dataset_builders.testing import save_colour_dataset, write_colour_trials
     from pipeline_dalda.testing import save_tiny_clip_scorer, save_tiny_resnet
 
     gpu = args.device.startswith("cuda")
     epochs = args.accuracy_epochs or (50 if gpu else 10)
-    labels, images = save_colour_dataset(work / "fixture" / "source", images_per_class=100)
-    shots = select_few_shot(labels, COLOURS, 1, seed=0)
-    extra = np.random.default_rng(100)
-    synthetic = {row: [(image, labels[row]) for image in colour_images(extra, labels[row], 12)] for row in shots}
-    dataset = write_augmented_dataset(
-        work / "fixture" / "augmented",
-        [(r, images[r], labels[r]) for r in shots],
-        synthetic,
-        augment_run_settings(work / "fixture" / "source", 1),
-    )
+    source = work / "fixture" / "source"
+    labels, images = save_colour_dataset(source, images_per_class=100)
+    dataset = write_colour_trials(work / "fixture" / "augmented", source, labels, images, [0, 1, 2])
     models = {"clip": save_tiny_clip_scorer(work / "tiny-clip"), "resnet": save_tiny_resnet(work / "tiny-resnet")}
     rows = []
     for name in args.backbones:
@@ -198,25 +194,122 @@ def accuracy(args, work: Path) -> list[dict]:
             learning_rate=0.01,
             num_workers=2,
         )
-        cached = run_child(
-            {**common, "output_dir": str(work / f"acc-{name}-cached"), "cache_dir": str(work / "acc-cache")}
-        )
-        uncached = run_child({**common, "output_dir": str(work / f"acc-{name}-uncached"), "feature_cache": False})
-        row = {
-            "backbone": f"tiny {name}",
-            "epochs": epochs,
-            "cached": cached["balanced_accuracy"],
-            "uncached": uncached["balanced_accuracy"],
-            "cached_seconds": cached["seconds"],
-            "uncached_seconds": uncached["seconds"],
+        arms = {
+            "cached": {"cache_dir": str(work / "acc-cache")},
+            "uncached": {"feature_cache": False},
         }
-        row["largest_gap_points"] = 100 * max(
-            abs(cached["balanced_accuracy"][arm] - uncached["balanced_accuracy"][arm])
-            for arm in ("augmented", "real_only")
-        )
+        if name == "resnet":
+            arms["paper batch norm"] = {"batch_norm": "paper"}
+        runs = {
+            arm: run_child({**common, **overrides, "output_dir": str(work / f"acc-{name}-{arm.replace(' ', '-')}")})
+            for arm, overrides in arms.items()
+        }
+        row = {"backbone": f"tiny {name}", "epochs": epochs, **{arm: run["balanced_accuracy"] for arm, run in runs.items()}}
+        row["seconds"] = {arm: run["seconds"] for arm, run in runs.items()}
+        row["largest_gap_points"] = {
+            arm: 100 * max(abs(runs["cached"]["balanced_accuracy"][a] - runs[arm]["balanced_accuracy"][a])
+                           for a in ("augmented", "real_only"))
+            for arm in runs if arm != "cached"
+        }
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
+
+
+def heads(args) -> dict:
+    """Part 3: batched heads against one training per head, interleaved; see the module docstring."""
+    from dataset_builders.evaluation.backbones import CLIP_RECIPE
+    from dataset_builders.evaluation.training import (
+        CachedFeatures,
+        LabelledFeatures,
+        StackedLinearHeads,
+        TrainingPool,
+        TrainingSchedule,
+        draw_training_batches,
+        held_out_scorer,
+        train_linear_heads,
+    )
+
+    rng = np.random.default_rng(0)
+    classes, dim, views, tests = 37, 512, 62, 50
+    device = torch.device(args.device)
+    pool = TrainingPool.from_groups(list(range(classes)), [10] * classes)
+    trials = [torch.from_numpy(rng.normal(size=(len(pool.labels), views, dim)).astype(np.float32)) for _ in range(3)]
+    table = CachedFeatures(torch.cat(trials), device)
+    test = LabelledFeatures(
+        torch.from_numpy(rng.normal(size=(classes * tests, dim)).astype(np.float32)), np.repeat(np.arange(classes), tests)
+    ).to(device)
+    schedule = TrainingSchedule(args.head_epochs, 200, 32)
+    tasks = [(trial, p) for trial in range(3) for p in (0.5, 0.0)]  # (trial, synthetic probability)
+    draws = [draw_training_batches(pool, schedule, trial, p) for trial, p in tasks]
+    offsets = [trial * len(pool.labels) for trial, _ in tasks]
+
+    def initial(seed):
+        torch.manual_seed(seed)
+        return torch.nn.Linear(dim, classes).to(device)
+
+    def loop():
+        """The per-trial loop: one head after another, `Linear` + cross-entropy + autograd + AdamW at every step."""
+        histories = []
+        for (trial, _), d, offset in zip(tasks, draws, offsets):
+            head = initial(trial)
+            optimizer = torch.optim.AdamW(head.parameters(), lr=CLIP_RECIPE.learning_rate,
+                                          weight_decay=CLIP_RECIPE.weight_decay)
+            items = torch.as_tensor(d.items + offset, device=device)
+            grid = torch.as_tensor(d.grid, device=device)
+            labels = torch.as_tensor(pool.labels, device=device)[torch.as_tensor(d.items, device=device)]
+            history = []
+            for epoch in range(schedule.epochs):
+                losses = torch.zeros((), device=device)
+                for index in range(schedule.iterations_per_epoch):
+                    features = table.table.view(-1, views, dim)[items[epoch, index], grid[epoch, index]]
+                    loss = torch.nn.functional.cross_entropy(head(features), labels[epoch, index])
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    losses += loss.detach()
+                accuracy, _ = test.scores(head)
+                history.append({"train_loss": float(losses) / schedule.iterations_per_epoch, "accuracy": accuracy})
+            histories.append(history)
+        return histories
+
+    def batched():
+        return train_linear_heads(
+            StackedLinearHeads([initial(trial) for trial, _ in tasks]), CLIP_RECIPE, table, draws,
+            [pool.labels] * len(tasks), held_out_scorer([test] * len(tasks), [None] * len(tasks)), offsets=offsets,
+        )
+
+    def timed(function):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        histories = function()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start, histories
+
+    seconds = {"loop": [], "batched": []}
+    gap = 0.0
+    for round_index in range(args.rounds):
+        order = ("loop", "batched") if round_index % 2 == 0 else ("batched", "loop")
+        histories = {}
+        for arm in order:
+            elapsed, histories[arm] = timed(loop if arm == "loop" else batched)
+            seconds[arm].append(elapsed)
+        for one, other in zip(histories["loop"], histories["batched"]):
+            gap = max(gap, max(abs(a["train_loss"] - b["train_loss"]) for a, b in zip(one, other)))
+        print(json.dumps({"round": round_index, **{arm: values[-1] for arm, values in seconds.items()}}), flush=True)
+    ratios = np.array(seconds["loop"]) / np.array(seconds["batched"])
+    return {
+        "heads": len(tasks),
+        "steps_per_head": schedule.epochs * schedule.iterations_per_epoch,
+        "loop_seconds": float(np.median(seconds["loop"])),
+        "batched_seconds": float(np.median(seconds["batched"])),
+        "ratio_median": float(np.median(ratios)),
+        "ratio_min": float(ratios.min()),
+        "ratio_max": float(ratios.max()),
+        "largest_loss_gap": gap,
+    }
 
 
 def main():
@@ -230,11 +323,13 @@ def main():
     print(f"device: {device}", flush=True)
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
-        speed_rows = speed(args, work) if args.part in ("speed", "both") else []
-        accuracy_rows = accuracy(args, work) if args.part in ("accuracy", "both") else []
-    print(f"\nSpeed: 3 seeds × (real-only + augmented), 50 epochs × 200 iterations × 32, on {device}")
-    print("| backbone | cached (s) | uncached (s) | speed-up | peak cached | peak uncached |")
-    print("| --- | --- | --- | --- | --- | --- |")
+        speed_rows = speed(args, work) if args.part in ("speed", "all") else []
+        accuracy_rows = accuracy(args, work) if args.part in ("accuracy", "all") else []
+    head_figures = heads(args) if args.part in ("heads", "all") else None
+    if speed_rows:
+        print(f"\nSpeed: 3 classifiers × (real-only + augmented), 50 epochs × 200 iterations × 32, on {device}")
+        print("| backbone | cached (s) | uncached (s) | speed-up | peak cached | peak uncached |")
+        print("| --- | --- | --- | --- | --- | --- |")
     for row in speed_rows:
         projected = " (projected)" if row["uncached_projected"] else ""
         print(
@@ -242,15 +337,28 @@ def main():
             f"{row['speedup']:.0f}× | {row['cached_peak']} | {row['uncached_peak']} |"
         )
     if accuracy_rows:
-        print(f"\nAccuracy on the offline fixture (balanced accuracy, mean of 3 seeds), on {device}")
-        print("| backbone | epochs | cached aug / real | uncached aug / real | largest gap (points) |")
-        print("| --- | --- | --- | --- | --- |")
+        print(f"\nAccuracy on the offline fixture (balanced accuracy, mean of 3 trials), on {device}")
+        print("| backbone | epochs | path | augmented | real only | largest gap to cached (points) | seconds |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
         for row in accuracy_rows:
-            print(
-                f"| {row['backbone']} | {row['epochs']} | {row['cached']['augmented']:.4f} / "
-                f"{row['cached']['real_only']:.4f} | {row['uncached']['augmented']:.4f} / "
-                f"{row['uncached']['real_only']:.4f} | {row['largest_gap_points']:.2f} |"
-            )
+            for arm, seconds in row["seconds"].items():
+                gap = row["largest_gap_points"].get(arm)
+                print(
+                    f"| {row['backbone']} | {row['epochs']} | {arm} | {row[arm]['augmented']:.4f} | "
+                    f"{row[arm]['real_only']:.4f} | {'–' if gap is None else f'{gap:.2f}'} | {seconds:.1f} |"
+                )
+    if head_figures:
+        figures = head_figures
+        print(
+            f"\nHeads: {figures['heads']} heads (3 trials × 2 arms) × {figures['steps_per_head']} steps, cached "
+            f"features, on {device}, {args.rounds} interleaved rounds"
+        )
+        print("| per-head loop (s) | batched (s) | ratio, median [min, max] | largest loss gap |")
+        print("| --- | --- | --- | --- |")
+        print(
+            f"| {figures['loop_seconds']:.1f} | {figures['batched_seconds']:.1f} | {figures['ratio_median']:.2f}× "
+            f"[{figures['ratio_min']:.2f}, {figures['ratio_max']:.2f}] | {figures['largest_loss_gap']:.1e} |"
+        )
 
 
 if __name__ == "__main__":

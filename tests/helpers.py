@@ -96,10 +96,15 @@ def kit_model_args(tiny_models, **overrides) -> ModelArguments:
 
 def augment(tiny_models, pets, output_dir, **overrides):
     """`dalda augment` on the `pets` fixture with tiny settings (2 shots, 2 prompts, 2 steps), `overrides` applied."""
-    source = SourceArguments(dataset=str(pets / "dataset"), num_shots=overrides.pop("num_shots", 2))
+    source = SourceArguments(
+        dataset=str(pets / "dataset"),
+        num_shots=overrides.pop("num_shots", 2),
+        shot_selection=overrides.pop("shot_selection", "random"),
+    )
     values = {"prompt_bank": str(pets / "bank.json"), "num_prompts": 2, "num_inference_steps": 2, "batch_size": 3}
     args = AugmentArguments(output_dir=str(output_dir), **{**values, **overrides})
     return augment_dataset(source, args, kit_model_args(tiny_models), AdaptiveGuidanceScaling())
+
 
 def rows_without_images(dataset):
     """Each row's identity (source, kind, prompt, seed), sorted, and its λ and CLIPScore in that order."""

@@ -2,6 +2,7 @@
 paper's split protocol, leaks, bad rows, determinism and the report."""
 
 import csv
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -11,6 +12,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import scipy.stats
+import torch
 
 from dataset_builders.evaluation.arguments import CompareArguments, EvaluateArguments
 from dataset_builders.evaluation.data import LeakError, load_evaluation_splits
@@ -19,12 +21,13 @@ from dataset_builders.evaluation.run import evaluate_augmented_dataset
 from dataset_builders.evaluation.training import TrainingPool, TrainingSchedule, draw_training_batches
 from dataset_builders.evaluation.views import view_grid
 from dataset_builders.source import paper_split_halves, select_few_shot
+from dataset_builders.hub_layout import trial_name
 from dataset_builders.testing import (
     COLOURS,
     augment_run_settings,
-    colour_images,
     save_colour_dataset,
     write_augmented_dataset,
+    write_colour_trials,
 )
 
 from .helpers import run_dalda
@@ -32,24 +35,24 @@ from .helpers import run_dalda
 
 @pytest.fixture(scope="module")
 def colours(tmp_path_factory):
-    """A source split of 4 colour classes × 25 images, 1 shot per class, and two augmented datasets of it whose
-    synthetic rows are 12 fresh images per real image of the right class ("good"), or of the next class but
-    labelled as the real image ("wrong")."""
+    """A source split of 4 colour classes × 25 images and, at 1 shot per class, the paper's three trials (seeds 0, 1,
+    2, each its own shots) of two augmented datasets: synthetic rows that are 12 fresh images per real image of the
+    right class ("good"), or of the next class but labelled as the real image ("wrong")."""
     root = tmp_path_factory.mktemp("colours")
     labels, images = save_colour_dataset(root / "source", images_per_class=25)
-    shots = select_few_shot(labels, COLOURS, 1, seed=0)
-    reals = [(row, images[row], labels[row]) for row in shots]
-    extra = np.random.default_rng(100)
-    settings = augment_run_settings(root / "source", num_shots=1)
-    good = {row: [(image, labels[row]) for image in colour_images(extra, labels[row], 12)] for row in shots}
-    wrong = {row: [(image, labels[row]) for image in colour_images(extra, (labels[row] + 1) % 4, 12)] for row in shots}
+    source = root / "source"
     return {
         "root": root,
         "labels": labels,
-        "shots": shots,
-        "good": write_augmented_dataset(root / "good", reals, good, settings),
-        "wrong": write_augmented_dataset(root / "wrong", reals, wrong, settings),
+        "shots": select_few_shot(labels, COLOURS, 1, seed=0),
+        "good": write_colour_trials(root / "good", source, labels, images, [0, 1, 2]),
+        "wrong": write_colour_trials(root / "wrong", source, labels, images, [0, 1, 2], synthetic_class_shift=1),
     }
+
+
+def one_trial(dataset):
+    """The first trial of a folder of trials: a dataset of one draw of shots."""
+    return Path(dataset, trial_name(0))
 
 
 def evaluate(dataset, output_dir, backbone, **overrides):
@@ -122,12 +125,61 @@ def test_the_evaluation_sees_signal(colours, tiny_models, tmp_path, backbone):
     model = getattr(tiny_models, backbone)
     good = evaluate(colours["good"], tmp_path / "good", model)["aggregate"]
     wrong = evaluate(colours["wrong"], tmp_path / "wrong", model)["aggregate"]
-    assert good["real_only"] == wrong["real_only"]  # same seeds, same real draws, same test set
+    assert good["real_only"] == wrong["real_only"]  # same trials: same shots, real draws and test sets
     assert good["difference"]["balanced_accuracy"]["mean"] > 0.05
     assert wrong["difference"]["balanced_accuracy"]["mean"] < -0.05
-    if backbone == "clip_scorer":  # the stronger backbone: both differences hold seed by seed
-        assert good["difference"]["balanced_accuracy"]["ci95"][0] > 0
-        assert wrong["difference"]["balanced_accuracy"]["ci95"][1] < 0
+    assert wrong["difference"]["balanced_accuracy"]["ci95"][1] < 0  # wrong labels hurt on every draw of shots
+
+
+def test_trials_draw_their_own_shots_and_their_interval_is_wider_than_classifier_repeats(
+    colours, tiny_models, tmp_path
+):
+    """Three trials redraw the shots, the synthetic images and the test set; three classifier repeats on one draw
+    see only the optimiser's noise, and their interval is far narrower: the report says which it is."""
+    trials = evaluate(colours["good"], tmp_path / "trials", tiny_models.clip_scorer)
+    repeats = evaluate(one_trial(colours["good"]), tmp_path / "repeats", tiny_models.clip_scorer,
+                       classifier_seeds=[0, 1, 2])
+    draws = [trial["draw"] for trial in trials["trials"]]
+    assert len({draw["shots_sha256"] for draw in draws}) == 3 and len({draw["test_rows_sha256"] for draw in draws}) == 3
+    assert [draw["selection_seed"] for draw in draws] == [0, 1, 2]
+    assert len(repeats["trials"]) == 1 and {r["classifier_seed"] for r in repeats["per_classifier"]} == {0, 1, 2}
+    assert (trials["repeats"], repeats["repeats"]) == ("trials", "classifier repeats")
+
+    def width(results):
+        low, high = results["aggregate"]["difference"]["balanced_accuracy"]["ci95"]
+        return high - low
+
+    # Measured on this fixture: 0.54 over trials against 0.03 over classifier repeats.
+    assert width(trials) > 5 * width(repeats)
+    markdown = (tmp_path / "repeats" / "results.md").read_text()
+    assert "3 classifier repeats (classifier seeds 0, 1, 2). **These are not trials" in markdown
+    assert "paired over classifier repeats" in markdown and "paired over trials" not in markdown
+
+
+def test_compare_pools_trials_and_refuses_methods_drawn_differently(colours, tiny_models, tmp_path):
+    runs = {}
+    for name, dataset in (("good", colours["good"]), ("wrong", colours["wrong"])):
+        for seed in (0, 1):  # each trial evaluated on its own: compare pools them
+            runs[name, seed] = tmp_path / f"{name}-{seed}"
+            evaluate(Path(dataset, trial_name(seed)), runs[name, seed], tiny_models.clip_scorer,
+                     method_label="DALDA (LLM + AGS)" if name == "good" else "Wrong labels")
+    markdown = compare_runs(CompareArguments(runs=[str(path) for path in runs.values()], output_dir=str(tmp_path / "c")))
+    assert "Paired over trials (each its own draw of shots, synthetic images and classifier) (n = 2)" in markdown
+    with pytest.raises(ValueError, match="both evaluate trial 0 .classifier seed 0. of Wrong labels"):
+        compare_runs(CompareArguments(runs=[str(runs["wrong", 0])] * 2, output_dir=str(tmp_path / "twice")))
+    # The same seeds, but shots drawn by the paper's protocol: another draw, refused in one column.
+    source = colours["root"] / "source"
+    labels = colours["labels"]
+    images = list(datasets.load_from_disk(str(source))["image"])
+    paper = write_colour_trials(tmp_path / "paper", source, labels, images, [0, 1], shot_selection="paper")
+    evaluate(paper, tmp_path / "paper-eval", tiny_models.clip_scorer, test_set="unselected", method_label="Paper shots")
+    with pytest.raises(ValueError, match=r"drew trial 0 differently \(shot_selection, shots_sha256, test_rows_sha256\)"):
+        compare_runs(
+            CompareArguments(
+                runs=[str(runs["good", 0]), str(runs["good", 1]), str(tmp_path / "paper-eval")],
+                output_dir=str(tmp_path / "refused"),
+            )
+        )
 
 
 def test_cached_and_uncached_paths_agree(colours, tiny_models, tmp_path):
@@ -153,9 +205,15 @@ def test_cached_features_are_the_uncached_computation(colours, tiny_models):
     from dataset_builders.evaluation.backbones import PAPER_MEAN, PAPER_STD, load_backbone
     from dataset_builders.evaluation.data import prepare_images
     from dataset_builders.evaluation.features import FeatureExtractor, RenderedFeatures
-    from dataset_builders.evaluation.training import CachedFeatures, LabelledFeatures, train_linear_head
+    from dataset_builders.evaluation.training import (
+        CachedFeatures,
+        LabelledFeatures,
+        StackedLinearHeads,
+        held_out_scorer,
+        train_linear_heads,
+    )
 
-    splits = load_evaluation_splits(str(colours["good"]))
+    splits = load_evaluation_splits(str(one_trial(colours["good"])))
     backbone = load_backbone(str(tiny_models.clip_scorer))
     extractor = FeatureExtractor(backbone, PAPER_MEAN, PAPER_STD, batch_size=32)
     refs = splits.reals + [ref for group in splits.synthetic for ref in group]
@@ -169,9 +227,10 @@ def test_cached_features_are_the_uncached_computation(colours, tiny_models):
         CachedFeatures(table, torch.device("cpu")),
         RenderedFeatures(extractor, [image.image for image in prepared]),
     ):
-        head = backbone.initial_head(COLOURS, seed=0)
-        histories.append(train_linear_head(head, backbone.recipe, features_of, pool, draws, test))
-        heads.append(head)
+        head = StackedLinearHeads([backbone.initial_head(COLOURS, seed=0)])
+        score = held_out_scorer([test], [None])
+        histories += train_linear_heads(head, backbone.recipe, features_of, [draws], [pool.labels], score)
+        heads.append(head.head(0))
     np.testing.assert_allclose(
         [r["train_loss"] for r in histories[0]], [r["train_loss"] for r in histories[1]], rtol=1e-5
     )
@@ -181,14 +240,15 @@ def test_cached_features_are_the_uncached_computation(colours, tiny_models):
 
 
 def test_same_seed_same_figures_and_a_rerun_reuses_the_cache(colours, tiny_models, tmp_path):
-    first = evaluate(colours["good"], tmp_path / "first", tiny_models.clip_scorer, seeds=[3])
+    dataset = one_trial(colours["good"])
+    first = evaluate(dataset, tmp_path / "first", tiny_models.clip_scorer, classifier_seeds=[3])
     cache = sorted((tmp_path / "feature-cache").rglob("*.npz"))
     stamps = [path.stat().st_mtime_ns for path in cache]
-    second = evaluate(colours["good"], tmp_path / "second", tiny_models.clip_scorer, seeds=[3])
-    assert first["per_seed"] == second["per_seed"]
+    second = evaluate(dataset, tmp_path / "second", tiny_models.clip_scorer, classifier_seeds=[3])
+    assert first["per_classifier"] == second["per_classifier"]
     assert [path.stat().st_mtime_ns for path in cache] == stamps and len(cache) == 4 * 13 + 96
-    other = evaluate(colours["good"], tmp_path / "other", tiny_models.clip_scorer, seeds=[4])
-    assert other["per_seed"] != first["per_seed"]
+    other = evaluate(dataset, tmp_path / "other", tiny_models.clip_scorer, classifier_seeds=[4])
+    assert other["per_classifier"] != first["per_classifier"]
 
 
 def test_the_papers_split_protocol(colours, tiny_models, tmp_path):
@@ -219,7 +279,7 @@ def test_the_papers_split_protocol(colours, tiny_models, tmp_path):
 
 def test_leaks_are_errors_naming_the_rows(colours, tiny_models, tmp_path):
     with pytest.raises(LeakError, match=r"real training images are in the test set \(source rows \["):
-        load_evaluation_splits(str(colours["good"]), test_set="split")
+        load_evaluation_splits(str(one_trial(colours["good"])), test_set="split")
     # The same picture in another split, saved in another format: caught by its pixels.
     source = datasets.load_from_disk(str(colours["root"] / "source"))
     shot = colours["shots"][2]
@@ -235,7 +295,7 @@ def test_leaks_are_errors_naming_the_rows(colours, tiny_models, tmp_path):
     datasets.DatasetDict({"train": source, "test": test}).save_to_disk(tmp_path / "with-test")
     with pytest.raises(LeakError, match=rf"source row 0 of split 'test' = augmented row {2 * 13}"):
         evaluate(
-            colours["good"],
+            one_trial(colours["good"]),
             tmp_path / "leak",
             tiny_models.clip_scorer,
             source_dataset=str(tmp_path / "with-test"),
@@ -263,13 +323,13 @@ def test_bad_rows_are_skipped_and_counted(colours, tiny_models, tmp_path):
     augmented = write_augmented_dataset(
         tmp_path / "bad", rows, synthetic, augment_run_settings(tmp_path / "source-with-test", 1)
     )
-    results = evaluate(augmented, tmp_path / "report", tiny_models.clip_scorer, test_split="test", seeds=[0])
+    results = evaluate(augmented, tmp_path / "report", tiny_models.clip_scorer, test_split="test")
     assert results["skipped"]["undecodable image"] == 3  # a real image, a synthetic image, a test image
     assert results["skipped"]["synthetic image of an undecodable real image"] == 3
     assert results["skipped"]["source row without a known label"] == 1
     assert results["training"] == {"real_images": 3, "synthetic_images": 3 * 3}
     assert results["test_set"]["protocol"] == "split" and results["test_set"]["test_images"] == 20 - 2
-    assert len(_history(tmp_path / "report", results["per_seed"][0])) == 10
+    assert len(_history(tmp_path / "report", results["per_classifier"][0])) == 10
 
 
 def test_report_files_selection_and_comparison(colours, tiny_models, tmp_path):
@@ -277,50 +337,48 @@ def test_report_files_selection_and_comparison(colours, tiny_models, tmp_path):
         colours["good"],
         tmp_path / "honest",
         tiny_models.clip_scorer,
-        seeds=[0, 1],
         validation_fraction=0.25,
         select="best_validation_epoch",
+        method_label="DALDA (LLM + AGS)",
     )
     output = tmp_path / "honest"
     assert json.loads((output / "results.json").read_text()) == json.loads(json.dumps(results))
-    assert results["test_set"]["validation_images"] == 4 * 6 and results["test_set"]["test_images"] == 96 - 24
-    for trial in results["per_seed"]:
-        assert trial["epoch"] == max(
+    assert results["repeats"] == "trials" and [trial["seed"] for trial in results["trials"]] == [0, 1, 2]
+    for trial in results["trials"]:
+        assert trial["test_set"]["validation_images"] == 4 * 6 and trial["test_set"]["test_images"] == 96 - 24
+    for record in results["per_classifier"]:
+        assert record["classifier_seed"] == record["trial"]  # the paper: the trial's seed seeds its classifier
+        assert record["epoch"] == max(
             range(1, 11),
-            key=lambda e: next(r["validation_balanced_accuracy"] for r in _history(output, trial) if r["epoch"] == e),
+            key=lambda e: next(r["validation_balanced_accuracy"] for r in _history(output, record) if r["epoch"] == e),
         )
     with open(output / "epochs.csv", newline="") as file:
         epochs = list(csv.DictReader(file))
-    assert len(epochs) == 2 * 2 * 10 and {"validation_balanced_accuracy", "test_top1"} <= set(epochs[0])
+    assert len(epochs) == 3 * 2 * 10 and {"validation_balanced_accuracy", "test_top1", "trial"} <= set(epochs[0])
     markdown = (output / "results.md").read_text()
-    for fact in ("| real only |", "| real + synthetic (Base + AGS, p = 0.5) |", "95% CI", "validation set"):
+    for fact in ("| real only |", "| real + synthetic (DALDA (LLM + AGS), p = 0.5) |", "paired over trials",
+                 "3 trials (seeds 0, 1, 2), each its own draw of shots", "95% CI", "validation set"):
         assert fact in markdown, fact
-    assert "optimistic" not in markdown
+    assert "optimistic" not in markdown and "classifier repeats" not in markdown
     for image in ("accuracy_per_epoch.png", "clip_score_lambda.png"):
         assert PIL.Image.open(output / image).size[0] > 300
 
-    optimistic = evaluate(
-        colours["good"],
-        tmp_path / "optimistic",
-        tiny_models.clip_scorer,
-        seeds=[0],
-        select="best_test_epoch",
-        method_label="DALDA (optimistic)",
-    )
+    # The released code's rule: one epoch for all trials of an arm, the best by their mean test accuracy.
+    optimistic = evaluate(colours["good"], tmp_path / "optimistic", tiny_models.clip_scorer, select="best_test_epoch")
     assert optimistic["optimistic"] and "optimistic" in (tmp_path / "optimistic" / "results.md").read_text()
-    augmented = next(trial for trial in optimistic["per_seed"] if trial["arm"] == "augmented")
-    best = max(record["test_balanced_accuracy"] for record in _history(tmp_path / "optimistic", augmented))
-    assert (
-        optimistic["aggregate"]["augmented"]["balanced_accuracy"]["mean"]
-        == augmented["test_balanced_accuracy"]
-        == best
-    )
+    for arm in ("augmented", "real_only"):
+        records = [record for record in optimistic["per_classifier"] if record["arm"] == arm]
+        curves = np.array([record["test_balanced_accuracy_per_epoch"] for record in records])
+        shared = int(np.argmax(curves.mean(axis=0))) + 1
+        assert [record["epoch"] for record in records] == [shared] * 3
+        assert [record["test_balanced_accuracy"] for record in records] == curves[:, shared - 1].tolist()
+        if arm == "augmented":  # the rule differs from each trial's own best here, so the test can tell them apart
+            assert any(curves[k].max() > curves[k, shared - 1] for k in range(3))
 
     other = evaluate(
         colours["wrong"],
         tmp_path / "other",
         tiny_models.clip_scorer,
-        seeds=[0, 1],
         validation_fraction=0.25,
         select="best_validation_epoch",
         method_label="Wrong labels",
@@ -328,13 +386,25 @@ def test_report_files_selection_and_comparison(colours, tiny_models, tmp_path):
     markdown = compare_runs(
         CompareArguments(runs=[str(output), str(tmp_path / "other")], output_dir=str(tmp_path / "compare"))
     )
-    assert "| Real only |" in markdown and "| Base + AGS |" in markdown and "| Wrong labels |" in markdown
+    assert "| Real only |" in markdown and "| DALDA (LLM + AGS) |" in markdown and "| Wrong labels |" in markdown
     assert "## 1-shot" in markdown and "source clip-scorer" in markdown and "optimistic" not in markdown
     assert f"**{_figure(results['aggregate']['augmented']['balanced_accuracy'])}**" in markdown  # the best, in bold
     assert other["aggregate"]["real_only"] == results["aggregate"]["real_only"]
     assert PIL.Image.open(tmp_path / "compare" / "accuracy_vs_shots.png").size[0] > 300
+    # Table 3: DALDA against each method, paired over the trials, as scipy's paired t-test gives it.
+    def per_trial(run, arm):
+        return [r["test_balanced_accuracy"] for r in sorted(run["per_classifier"], key=lambda r: r["trial"])
+                if r["arm"] == arm]
+
+    dalda = per_trial(results, "augmented")
+    for method, baseline in (("Wrong labels", per_trial(other, "augmented")), ("Real only", per_trial(results, "real_only"))):
+        expected = scipy.stats.ttest_rel(dalda, baseline).pvalue
+        row = next(line for line in markdown.splitlines() if line.startswith(f"| {method} | ") and "CI" in line)
+        assert f"{np.mean(np.subtract(dalda, baseline)):+.4f} [95% CI" in row and row.endswith(f"| {expected:.3g} |")
+    assert "Paired over trials (each its own draw of shots, synthetic images and classifier) (n = 3)" in markdown
+
     # Runs made another way do not share a column; the optimistic choice is said in the comparison too.
-    with pytest.raises(ValueError, match="with different seeds, select, test_images"):
+    with pytest.raises(ValueError, match="with different select; compare runs made the same way"):
         compare_runs(
             CompareArguments(runs=[str(output), str(tmp_path / "optimistic")], output_dir=str(tmp_path / "x"))
         )
@@ -345,8 +415,13 @@ def test_report_files_selection_and_comparison(colours, tiny_models, tmp_path):
 def test_bad_settings_are_clear_errors(colours, tiny_models, tmp_path):
     with pytest.raises(ValueError, match="The rotation step must divide 30°, got 7.0°"):
         EvaluateArguments(dataset="x", output_dir="y", rotation_step=7.0)
-    with pytest.raises(ValueError, match="`seeds` must be distinct"):
-        EvaluateArguments(dataset="x", output_dir="y", seeds=[0, 0])
+    with pytest.raises(ValueError, match="`classifier_seeds` must be distinct"):
+        EvaluateArguments(dataset="x", output_dir="y", classifier_seeds=[0, 0])
+    with pytest.raises(ValueError, match="holds 3 trials, each of which seeds its classifier with its own seed"):
+        evaluate(colours["good"], tmp_path / "repeats", tiny_models.clip_scorer, classifier_seeds=[0, 1])
+    assert not (tmp_path / "repeats").exists()
+    with pytest.raises(ValueError, match="no batch-norm layer, so `batch_norm paper` would change nothing"):
+        evaluate(colours["good"], tmp_path / "clip-paper", tiny_models.clip_scorer, batch_norm="paper")
     with pytest.raises(ValueError, match="The backbone '/no/such/model' cannot be loaded"):
         evaluate(colours["good"], tmp_path / "no-backbone", "/no/such/model")
 
@@ -354,17 +429,21 @@ def test_bad_settings_are_clear_errors(colours, tiny_models, tmp_path):
 def _history(output, trial):
     with open(output / "epochs.csv", newline="") as file:
         rows = [
-            row for row in csv.DictReader(file) if row["arm"] == trial["arm"] and int(row["seed"]) == trial["seed"]
+            row
+            for row in csv.DictReader(file)
+            if row["arm"] == trial["arm"]
+            and int(row["trial"]) == trial["trial"]
+            and int(row["classifier_seed"]) == trial["classifier_seed"]
         ]
     return [{key: float(value) if key not in ("arm",) else value for key, value in row.items()} for row in rows]
 
 
 def test_a_published_copy_names_its_local_source_by_folder(colours, tiny_models, tmp_path):
-    record = json.loads((colours["good"] / "dalda.json").read_text())
+    record = json.loads((one_trial(colours["good"]) / "dalda.json").read_text())
     assert record["source"]["dataset"] == "./source" and str(colours["root"]) not in json.dumps(record)
     published = tmp_path / "published"
     published.mkdir()
-    (published / "data").symlink_to(colours["good"] / "data")
+    (published / "data").symlink_to(one_trial(colours["good"]) / "data")
     (published / "dalda.json").write_text(json.dumps(record))
     with pytest.raises(
         ValueError, match="was a local folder that is not here; give its location with `source_dataset`"
@@ -387,9 +466,6 @@ def test_evaluate_command(colours, tiny_models, tmp_path):
         2,
         "--iterations_per_epoch",
         5,
-        "--seeds",
-        0,
-        1,
         "--image_size",
         32,
         "--cache_dir",
@@ -401,3 +477,129 @@ def test_evaluate_command(colours, tiny_models, tmp_path):
         "evaluate", "--dataset", colours["good"], "--output_dir", tmp_path / "x", "--select", "best_validation_epoch"
     )
     assert bad.returncode != 0 and "needs a validation set" in bad.stderr
+
+
+def test_the_papers_batch_norm_mode_is_the_released_training_step(colours, tiny_models):
+    """`batch_norm paper` against a direct implementation of the released code's ResNet-50 step: `model.train()`,
+    the backbone under `torch.no_grad()`, the head trained by Adam; `model.eval()` to test at every epoch."""
+    import collections
+
+    import torch
+    from transformers import ResNetModel
+
+    from dataset_builders.evaluation.backbones import PAPER_MEAN, PAPER_STD, load_backbone
+    from dataset_builders.evaluation.data import prepare_images
+    from dataset_builders.evaluation.features import FeatureExtractor, RenderedFeatures, TrainModeBatchNormFeatures
+    from dataset_builders.evaluation.run import HeldOut, Trial, paper_mode_scorer
+    from dataset_builders.evaluation.training import (
+        LabelledFeatures,
+        StackedLinearHeads,
+        held_out_scorer,
+        train_linear_heads,
+    )
+    from dataset_builders.evaluation.views import IDENTITY, View, render
+
+    splits = load_evaluation_splits(str(one_trial(colours["good"])))
+    backbone = load_backbone(str(tiny_models.resnet))
+    before = {name: tensor.clone() for name, tensor in backbone.model.state_dict().items()}
+    extractor = FeatureExtractor(backbone, PAPER_MEAN, PAPER_STD, batch_size=32)
+    refs = splits.reals + [ref for group in splits.synthetic for ref in group]
+    images = [prepared.image for _, prepared in prepare_images(refs, 32, collections.Counter())]
+    test_images = [prepared.image for _, prepared in prepare_images(splits.test[:24], 32, collections.Counter())]
+    test_labels = np.array([ref.label for ref in splits.test[:24]])
+    pool = TrainingPool.from_groups([ref.label for ref in splits.reals], [len(group) for group in splits.synthetic])
+    draws = draw_training_batches(pool, TrainingSchedule(3, 6, 8), seed=0, synthetic_probability=0.5,
+                                  view_sampling="continuous")
+    recipe = dataclasses.replace(backbone.recipe, learning_rate=0.01)
+
+    # The released code's loop, written out.
+    model = ResNetModel.from_pretrained(tiny_models.resnet)
+    head = backbone.initial_head(COLOURS, seed=0)
+    optimizer = torch.optim.Adam(head.parameters(), lr=recipe.learning_rate)
+    expected_losses, expected_accuracy = [], []
+
+    def pixels(batch_images, views):
+        return torch.stack([render(image, view, PAPER_MEAN, PAPER_STD) for image, view in zip(batch_images, views)])
+
+    for epoch in range(3):
+        model.train()
+        losses = []
+        for step in range(6):
+            items = draws.items[epoch, step]
+            views = [View(bool(f), float(a)) for f, a in zip(draws.flips[epoch, step], draws.angles[epoch, step])]
+            with torch.no_grad():
+                features = model(pixel_values=pixels([images[i] for i in items], views)).pooler_output.flatten(1)
+            loss = torch.nn.functional.cross_entropy(head(features), torch.as_tensor(pool.labels[items]))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        model.eval()
+        with torch.no_grad():
+            test_features = model(pixel_values=pixels(test_images, [IDENTITY] * 24)).pooler_output.flatten(1)
+        expected_accuracy.append(LabelledFeatures(test_features, test_labels).scores(head)[0])
+        expected_losses.append(np.mean(losses))
+
+    # Ours.
+    features_of = TrainModeBatchNormFeatures(extractor, images)
+    trial = Trial(None, splits, None, HeldOut(LabelledFeatures(test_features, test_labels), test_images), None)
+    ours = StackedLinearHeads([backbone.initial_head(COLOURS, seed=0)])
+    history = train_linear_heads(
+        ours, recipe, features_of, [draws], [pool.labels], paper_mode_scorer(features_of, trial, torch.device("cpu"))
+    )[0]
+    np.testing.assert_allclose([r["train_loss"] for r in history], expected_losses, rtol=1e-5)
+    assert [r["test_balanced_accuracy"] for r in history] == expected_accuracy
+    torch.testing.assert_close(ours.head(0).weight, head.weight, rtol=1e-4, atol=1e-6)
+    # The running statistics moved as the released code's did; the weights stayed, and the shared backbone's
+    # statistics too (each classifier has its own copy).
+    own = features_of.extractor.backbone.model.state_dict()
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(own[name], tensor, rtol=1e-5, atol=1e-6)
+        if "running" not in name and "num_batches" not in name:
+            assert torch.equal(own[name], before[name]), name
+    assert any(not torch.equal(own[n], before[n]) for n in before if "running_mean" in n)
+    assert all(torch.equal(tensor, before[name]) for name, tensor in backbone.model.state_dict().items())
+    # Or the comparison proves nothing: the frozen (eval-mode) probe trains otherwise on the same draws.
+    frozen = train_linear_heads(
+        StackedLinearHeads([backbone.initial_head(COLOURS, seed=0)]), recipe, RenderedFeatures(extractor, images),
+        [draws], [pool.labels], held_out_scorer([LabelledFeatures(test_features, test_labels)], [None]),
+    )[0]
+    assert abs(frozen[0]["train_loss"] - history[0]["train_loss"]) > 1e-3
+
+
+def test_evaluate_in_the_papers_batch_norm_mode(colours, tiny_models, tmp_path):
+    results = evaluate(colours["good"], tmp_path / "paper-bn", tiny_models.resnet, batch_norm="paper", epochs=2,
+                       iterations_per_epoch=5)
+    assert results["backbone"]["batch_norm"] == "paper" and len(results["per_classifier"]) == 3 * 2
+    assert "(batch norm: paper)" in (tmp_path / "paper-bn" / "results.md").read_text()
+
+
+def test_the_feature_cache_misses_when_what_a_feature_depends_on_changes(colours, tiny_models, tmp_path):
+    """Other weights saved at the same path, another input size or another normalisation: a new cache entry each,
+    never a stale feature."""
+    import shutil
+
+    from transformers import AutoImageProcessor, ResNetModel
+
+    backbone = tmp_path / "backbone"
+    shutil.copytree(tiny_models.resnet, backbone)
+    processor = AutoImageProcessor.from_pretrained(backbone)
+    processor.image_mean, processor.image_std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]  # ImageNet's
+    processor.save_pretrained(backbone)
+    dataset = one_trial(colours["good"])
+
+    def run(name, **overrides):
+        evaluate(dataset, tmp_path / name, backbone, epochs=1, iterations_per_epoch=2, **overrides)
+        return {folder.name for folder in (tmp_path / "feature-cache").iterdir()}
+
+    first = run("first")
+    assert run("again") == first  # the same settings reuse the entry
+    model = ResNetModel.from_pretrained(backbone)
+    with torch.no_grad():
+        model.embedder.embedder.convolution.weight.mul_(2)
+    model.save_pretrained(backbone)  # same path, other weights
+    other_weights = run("other-weights")
+    other_size = run("other-size", image_size=28)
+    other_normalisation = run("other-normalisation", normalization="processor")
+    assert len(first) == 1 and first < other_weights < other_size < other_normalisation
+    assert len(other_normalisation) == 4

@@ -175,7 +175,7 @@ def test_real_guidance_output_is_evaluated_like_any_augmented_dataset(real_guida
     results = evaluate_augmented_dataset(
         EvaluateArguments(dataset=str(real_guidance), output_dir=str(tmp_path / "evaluation"),
                           backbone=str(tiny_models.resnet), image_size=32, epochs=2, iterations_per_epoch=5,
-                          seeds=[0, 1], cache_dir=str(tmp_path / "cache"))
+                          classifier_seeds=[0, 1], cache_dir=str(tmp_path / "cache"))
     )
     assert results["method"] == "Real Guidance"
     assert results["training"] == {"real_images": len(PETS_CLASSES) * 2, "synthetic_images": len(PETS_CLASSES) * 2 * M}

@@ -4,9 +4,9 @@ data.py       the training images (real + their synthetic ones) and the test set
 views.py      the training transforms (flip, rotation) as cacheable views
 backbones.py  frozen transformers backbones and their heads' recipes
 features.py   backbone features per image and view, cached on disk
-training.py   the linear head: the paper's schedule and synthetic mixing
-metrics.py    balanced accuracy, top-1, paired differences over seeds
-report.py     results.json / results.md / epochs.csv / plots, and comparisons across runs
+training.py   the linear heads: the paper's schedule and synthetic mixing, every trial's heads in one batch
+metrics.py    balanced accuracy, top-1, epoch selection, paired differences over trials
+report.py     results.json / results.md / epochs.csv / plots, and comparisons across runs (Tables 2 and 3)
 diversity.py  CLIP-I and LPIPS diversity through the `evaluate` modules in scripts/metrics/
-run.py        `evaluate_augmented_dataset`, the function behind the command
+run.py        `evaluate_augmented_dataset`, the function behind the command: trials, arms, training
 """

@@ -8,6 +8,7 @@ Two kinds, decided by the checkpoint:
   a model has no pooler) and the head starts at random — the paper's ResNet-50 classifier.
 """
 
+import copy
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -71,6 +72,18 @@ class FrozenBackbone:
         return digest.hexdigest()[:24]
 
     @property
+    def has_batch_norm(self) -> bool:
+        """Whether the backbone has batch-norm layers, which the released code runs in training mode."""
+        return any(isinstance(module, torch.nn.modules.batchnorm._BatchNorm) for module in self.model.modules())
+
+    def with_own_batch_norm_statistics(self) -> "FrozenBackbone":
+        """A copy of this backbone whose model (and so its batch-norm running statistics) is its own: the pretrained
+        statistics to start from, for one classifier of the paper's batch-norm mode."""
+        twin = copy.copy(self)
+        twin.model = copy.deepcopy(self.model)
+        return twin
+
+    @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
@@ -80,7 +93,9 @@ class FrozenBackbone:
 
     @torch.no_grad()
     def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Float32 features of a batch of normalised pixels `(B, 3, H, W)`."""
+        """Float32 features of a batch of normalised pixels `(B, 3, H, W)`, with the weights frozen (no gradient) and
+        the model in whichever mode it is in: eval mode, unless a paper-mode classifier put its copy in training
+        mode."""
         pixel_values = pixel_values.to(self.device, self.dtype)
         if self.is_image_text:
             output = self.model.get_image_features(pixel_values=pixel_values)

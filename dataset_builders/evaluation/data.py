@@ -8,6 +8,9 @@ Test: rows of the source dataset, chosen by one of three protocols:
 - `unselected`: the source split's rows that were not selected as few-shot images;
 - `split`: every row of an explicit split of the source dataset (`test_split`).
 
+A dataset written by `dalda augment --seeds` holds one trial per seed ([`find_trials`]): each is evaluated on its own
+shots, synthetic images and test set.
+
 `auto` takes `paper` when `dalda augment` selected its shots by the paper's protocol, `split` when a `test_split`
 other than the source split is given, else `unselected`. No real training image may be in the test set: by source
 row when both come from the same split, and by decoded-pixel hash always. Bad rows are skipped and counted.
@@ -32,8 +35,8 @@ from pipeline_dalda.images import BadImage, load_image
 from pipeline_dalda.seeding import stream
 
 from ..arguments import SourceArguments
-from ..hub_layout import RUN_RECORD, read_run_record
-from ..source import load_real_images, paper_split_halves
+from ..hub_layout import RUN_RECORD, TRIAL_PREFIX, read_run_record
+from ..source import check_dataset_exists, load_real_images, paper_split_halves
 from .arguments import TestSetKind
 from .features import PreparedImage
 from .views import squash
@@ -62,6 +65,9 @@ class EvaluationSplits:
     validation: list[ImageRef]
     description: dict
     """How the test set was made: protocol, source dataset and split, seed, sizes."""
+    draw: dict
+    """What the trial drew, for `dalda compare` to check that two methods drew alike: the source, the selection
+    protocol and seed, and digests of the shots' and the test set's source rows."""
     augmented: datasets.Dataset
     """The augmented dataset itself (images undecoded)."""
     recorded: dict
@@ -106,8 +112,51 @@ def prepare_images(
                 yield position, prepared
 
 
-def load_augmented_dataset(path: str, revision: str | None = None) -> datasets.Dataset:
-    """The `train` split of an augmented dataset (a local folder or a Hub id), images left undecoded.
+@dataclass(frozen=True)
+class TrialLocation:
+    """Where one trial's augmented dataset is: a local folder, or a Hub repository (and its trial configuration)."""
+
+    path: str
+    config: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.config or Path(self.path).name
+
+
+def _seed_of(name: str) -> int:
+    suffix = name.removeprefix(TRIAL_PREFIX)
+    return int(suffix) if suffix.lstrip("-").isdigit() else 0
+
+
+def find_trials(path: str, revision: str | None = None) -> list[TrialLocation]:
+    """The trials of an augmented dataset: its `seed_<s>` folders (Hub configurations) when `dalda augment --seeds`
+    wrote it, in seed order, else the dataset itself as one trial. Fails, naming `path`, when it holds neither."""
+    if os.path.isdir(path):
+        if Path(path, "data").is_dir():
+            return [TrialLocation(path)]
+        folders = sorted(
+            (folder for folder in Path(path).glob(f"{TRIAL_PREFIX}*") if Path(folder, "data").is_dir()),
+            key=lambda folder: _seed_of(folder.name),
+        )
+        if not folders:
+            raise ValueError(
+                f"{path!r} holds no data/ shards and no trial folders ({TRIAL_PREFIX}<seed>/); is it a folder written "
+                "by `dalda augment`?"
+            )
+        return [TrialLocation(str(folder)) for folder in folders]
+    check_dataset_exists(path)
+    try:
+        configs = datasets.get_dataset_config_names(path, revision=revision)
+    except (FileNotFoundError, ConnectionError, ValueError) as error:
+        raise ValueError(f"The augmented dataset {path!r} cannot be read: {error}") from error
+    trials = sorted((name for name in configs if name.startswith(TRIAL_PREFIX)), key=_seed_of)
+    return [TrialLocation(path, name) for name in trials] or [TrialLocation(path)]
+
+
+def load_augmented_dataset(path: str, revision: str | None = None, config: str | None = None) -> datasets.Dataset:
+    """The `train` split of an augmented dataset (a local folder, or a Hub id and trial configuration), images left
+    undecoded.
 
     A local folder is read through its parquet shards: `datasets` caches a folder with a dataset card by the
     folder's name and card, so two outputs both called `augmented` would otherwise share one stale cache."""
@@ -120,7 +169,7 @@ def load_augmented_dataset(path: str, revision: str | None = None) -> datasets.D
         dataset = datasets.load_dataset("parquet", data_files={"train": shards}, split="train")
     else:
         try:
-            dataset = datasets.load_dataset(path, split="train", revision=revision)
+            dataset = datasets.load_dataset(path, config, split="train", revision=revision)
         except (FileNotFoundError, ConnectionError) as error:
             raise ValueError(f"The augmented dataset {path!r} cannot be read: {error}") from error
     missing = {"image", "label", "is_synthetic", "source_index", "clip_score", "ip_adapter_scale"} - set(
@@ -136,12 +185,13 @@ def load_augmented_dataset(path: str, revision: str | None = None) -> datasets.D
     return dataset.cast_column("image", datasets.Image(decode=False))
 
 
-def recorded_settings(path: str, revision: str | None = None) -> dict | None:
+def recorded_settings(path: str, revision: str | None = None, config: str | None = None) -> dict | None:
     """How `dalda augment` made the dataset: its source, few-shot selection and seed (see `RUN_RECORD`)."""
     if os.path.isdir(path):
         return read_run_record(path)
     try:
-        record = hf_hub_download(path, RUN_RECORD, repo_type="dataset", revision=revision)
+        filename = f"{config}/{RUN_RECORD}" if config else RUN_RECORD
+        record = hf_hub_download(path, filename, repo_type="dataset", revision=revision)
         return json.loads(Path(record).read_text(encoding="utf-8"))
     except EntryNotFoundError:
         return None
@@ -227,19 +277,21 @@ def load_evaluation_splits(
     test_split: str | None = None,
     source_dataset: str | None = None,
     validation_fraction: float = 0.0,
+    config: str | None = None,
 ) -> EvaluationSplits:
-    """Reads the augmented dataset and its source, and builds the training, test and validation images (module
-    docstring), with a clear error for a dataset that cannot be evaluated and a leak by source row."""
+    """Reads the augmented dataset (one trial: a folder, or a Hub id and its trial `config`) and its source, and
+    builds the training, test and validation images (module docstring), with a clear error for a dataset that cannot
+    be evaluated and a leak by source row."""
     if test_set not in get_args(TestSetKind):
         raise ValueError(f"`test_set` must be one of {get_args(TestSetKind)}, got {test_set!r}.")
-    augmented = load_augmented_dataset(dataset_path, revision)
+    augmented = load_augmented_dataset(dataset_path, revision, config)
     class_names = list(augmented.features["label"].names)
     skipped: Counter = Counter()
     reals, synthetic, training_rows = training_images(augmented, skipped)
     if not reals:
         raise ValueError(f"{dataset_path!r} has no real image with a known label to train on.")
 
-    settings = recorded_settings(dataset_path, revision)
+    settings = recorded_settings(dataset_path, revision, config)
     if settings is None:
         raise ValueError(
             f"{dataset_path!r} has no record of how it was made ({RUN_RECORD}); evaluate a dataset written by "
@@ -288,10 +340,30 @@ def load_evaluation_splits(
     description = {
         "protocol": test_set,
         "source_dataset": source_args.dataset,
+        "source_config": source_args.dataset_config,
         "source_revision": source_args.dataset_revision,
         "split": split,
         "selection_seed": seed,
         "test_images": len(test),
         "validation_images": len(validation),
     }
-    return EvaluationSplits(class_names, reals, synthetic, test, validation, description, augmented, settings, skipped)
+    draw = {
+        "source_dataset": source_args.dataset,
+        "source_config": source_args.dataset_config,
+        "source_revision": source_args.dataset_revision,
+        "shots_split": source["split"],
+        "num_shots": source["num_shots"],
+        "shot_selection": source.get("shot_selection", "random"),
+        "selection_seed": seed,
+        "shots_sha256": _digest(sorted(training_rows)),
+        "test_protocol": test_set,
+        "test_split": split,
+        "test_rows_sha256": _digest(rows),
+    }
+    return EvaluationSplits(
+        class_names, reals, synthetic, test, validation, description, draw, augmented, settings, skipped
+    )
+
+
+def _digest(rows: list[int]) -> str:
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]

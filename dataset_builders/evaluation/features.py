@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from pipeline_dalda.atomic import atomic_output
 
 from .backbones import FrozenBackbone
-from .views import View, render
+from .views import IDENTITY, View, render
 
 
 CACHE_FORMAT = 1
@@ -160,11 +160,53 @@ class FeatureExtractor:
 
 class RenderedFeatures:
     """Training features computed from the pixels at every step, as the released code does: no cache. The reference
-    the cached path is checked against, and what `--feature_cache false` trains on."""
+    the cached path is checked against, what `--no_feature_cache` trains on, and, with a backbone whose batch-norm
+    layers are in training mode, the paper's ResNet-50 classifier ([`TrainModeBatchNormFeatures`])."""
 
     def __init__(self, extractor: FeatureExtractor, images: Sequence[PIL.Image.Image]):
         self.extractor, self.images = extractor, images
 
     def __call__(self, step) -> torch.Tensor:
-        views = [View(bool(flip), float(angle)) for flip, angle in zip(step.flips, step.angles)]
-        return self.extractor.features([self.images[item] for item in step.items.tolist()], views)
+        heads, batch = step.items.shape
+        views = [View(bool(flip), float(angle)) for flip, angle in zip(step.flips.ravel(), step.angles.ravel())]
+        features = self.extractor.features([self.images[item] for item in step.items.reshape(-1).tolist()], views)
+        return features.view(heads, batch, -1)
+
+
+class TrainModeBatchNormFeatures(RenderedFeatures):
+    r"""
+    The released code's ResNet-50 classifier: frozen weights, **batch-norm layers in training mode** while the head
+    trains, running statistics at test time.
+
+    The released `train_classifier.py` calls `model.train()` and runs the backbone under `torch.no_grad()`: each step
+    normalises with its own batch's statistics (half of an augmented batch synthetic) and moves the running
+    statistics (`r ← (1 − momentum) · r + momentum · batch statistic`, momentum 0.1); at every epoch's evaluation,
+    `model.eval()` normalises with those running statistics. The backbone is a copy of its own, starting from the
+    pretrained statistics, so one classifier's steps never reach another's; it trains one head at a time.
+    """
+
+    def __init__(self, extractor: FeatureExtractor, images: Sequence[PIL.Image.Image]):
+        own = extractor.backbone.with_own_batch_norm_statistics()
+        super().__init__(FeatureExtractor(own, extractor.mean, extractor.std, None, extractor.batch_size), images)
+
+    def __call__(self, step) -> torch.Tensor:
+        """The step's features from one forward pass in training mode: the batch statistics are the whole batch's."""
+        if step.items.shape[0] != 1:
+            raise ValueError("Batch statistics are per classifier: train one head at a time in batch-norm mode 'paper'.")
+        extractor = self.extractor
+        pixels = torch.stack(
+            [
+                render(self.images[item], View(bool(flip), float(angle)), extractor.mean, extractor.std)
+                for item, flip, angle in zip(step.items[0].tolist(), step.flips[0], step.angles[0])
+            ]
+        )
+        model = extractor.backbone.model
+        model.train()
+        try:
+            return extractor.backbone.features(pixels).cpu().unsqueeze(0)
+        finally:
+            model.eval()
+
+    def identity_features(self, images: Sequence[PIL.Image.Image]) -> torch.Tensor:
+        """Test-time features (identity view, running statistics) of `images`, as the classifier now stands."""
+        return self.extractor.features(images, [IDENTITY] * len(images))

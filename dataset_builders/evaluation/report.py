@@ -1,11 +1,12 @@
 """The evaluation report: results.json, results.md, epochs.csv and plots for one run, and the comparison of
-several runs (the paper's Table 2 layout and its accuracy-vs-shots figure)."""
+several runs (the paper's Table 2 and Table 3 layouts and its accuracy-vs-shots figure)."""
 
 import csv
 import importlib.metadata
 import json
 import logging
-from dataclasses import asdict, dataclass
+from collections import Counter
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +15,9 @@ import numpy as np
 from pipeline_dalda.atomic import atomic_output, create_output_dir, write_json_atomically
 
 from ..card import method_label
-from .arguments import CompareArguments
+from .arguments import REFERENCE_METHOD, CompareArguments
 from .diversity import diversity_table
-from .metrics import mean_and_std, paired_difference
+from .metrics import mean_and_std, paired_difference, select_epochs
 
 
 logger = logging.getLogger(__name__)
@@ -37,23 +38,36 @@ def _versions() -> dict[str, str | None]:
     return versions
 
 
-def aggregate(trials: list[dict]) -> dict[str, Any]:
-    """Mean ± std over seeds per arm, and the paired difference augmented − real-only over the seeds both ran."""
+Unit = tuple[int, int]
+"""A classifier's key: (trial seed, classifier seed). Its augmented and real-only arms form one pair."""
+
+
+def repeats_kind(trial_seeds: list[int], classifier_seeds: list[int]) -> str:
+    """What the classifiers of a report redraw: 'trials' (each its own shots, synthetic images and classifier),
+    'classifier repeats' (one draw of shots, several classifier seeds) or 'one trial'."""
+    if len(set(trial_seeds)) > 1:
+        return "trials"
+    return "classifier repeats" if len(set(classifier_seeds)) > 1 else "one trial"
+
+
+def aggregate(records: list[dict]) -> dict[str, Any]:
+    """Mean ± std per arm over its classifiers, and the paired difference augmented − real-only over the
+    (trial, classifier seed) pairs both arms ran."""
     figures: dict[str, Any] = {}
-    by_arm: dict[str, dict[int, dict]] = {}
-    for trial in trials:
-        by_arm.setdefault(trial["arm"], {})[trial["seed"]] = trial["selected"]
+    by_arm: dict[str, dict[Unit, dict]] = {}
+    for record in records:
+        by_arm.setdefault(record["arm"], {})[(record["trial"], record["classifier_seed"])] = record["selected"]
     for arm, selected in by_arm.items():
         figures[arm] = {
             metric: mean_and_std([record[f"test_{metric}"] for record in selected.values()])
             for metric in ("balanced_accuracy", "top1")
         }
     if {"augmented", "real_only"} <= by_arm.keys():
-        seeds = sorted(by_arm["augmented"].keys() & by_arm["real_only"].keys())
+        units = sorted(by_arm["augmented"].keys() & by_arm["real_only"].keys())
         figures["difference"] = {
             metric: paired_difference(
-                [by_arm["augmented"][seed][f"test_{metric}"] for seed in seeds],
-                [by_arm["real_only"][seed][f"test_{metric}"] for seed in seeds],
+                [by_arm["augmented"][unit][f"test_{metric}"] for unit in units],
+                [by_arm["real_only"][unit][f"test_{metric}"] for unit in units],
             )
             for metric in ("balanced_accuracy", "top1")
         }
@@ -73,22 +87,50 @@ def _difference(summary: dict) -> str:
     return text
 
 
+def _seeds(seeds: list[int]) -> str:
+    return ", ".join(map(str, seeds))
+
+
+def repeats_sentence(kind: str, trial_seeds: list[int], classifier_seeds: list[int]) -> str:
+    """What the spread and the interval of a report measure, in words."""
+    trials, classifiers = sorted(set(trial_seeds)), sorted(set(classifier_seeds))
+    if kind == "trials":
+        return (
+            f"{len(trials)} trials (seeds {_seeds(trials)}), each its own draw of shots, synthetic images, test set "
+            "and classifier, as the paper's. Mean ± sample standard deviation over trials; the interval and the "
+            "p-value are Student's t on the paired differences over trials."
+        )
+    if kind == "classifier repeats":
+        return (
+            f"One draw of shots and synthetic images (seed {_seeds(trials)}) and {len(classifiers)} classifier "
+            f"repeats (classifier seeds {_seeds(classifiers)}). **These are not trials: the ± and the interval "
+            "measure only the classifier's optimisation noise on this one draw**, not the variation over draws of "
+            "shots that the paper's trials show; `dalda augment --seeds 0 1 2` makes the paper's trials."
+        )
+    return (
+        f"One trial (seed {_seeds(trials)}): no spread and no interval; `dalda augment --seeds 0 1 2` makes the "
+        "paper's three trials."
+    )
+
+
 def results_markdown(results: dict) -> str:
-    """The report a user reads: the side-by-side table first, then per seed, skipped rows and settings."""
+    """The report a user reads: the side-by-side table first, then per classifier, the data and the settings."""
     settings, test = results["settings"], results["test_set"]
     figures = results["aggregate"]
     selection = {
         "last_epoch": "the last epoch",
-        "best_validation_epoch": "the best epoch on the validation set",
-        "best_test_epoch": f"the best epoch on the test set (**{OPTIMISTIC}**, as in the released code)",
+        "best_validation_epoch": "each classifier's best epoch on the validation set",
+        "best_test_epoch": f"one epoch for every trial, the best by their mean test accuracy (**{OPTIMISTIC}**, the "
+        "released code's rule)",
     }[settings["select"]]
+    batch_norm = results["backbone"].get("batch_norm")
     lines = [
         f"# Few-shot evaluation of `{settings['dataset']}`",
         "",
-        f"{results['method']}, {results['num_shots']} shot(s) per class, backbone `{settings['backbone']}`, "
-        f"{len(settings['seeds'])} seed(s) ({', '.join(map(str, settings['seeds']))}), {settings['epochs']} epochs × "
-        f"{settings['iterations_per_epoch']} iterations × batch {settings['batch_size']}. Test set: "
-        f"{test['protocol']} protocol, {test['test_images']} images of split `{test['split']}` of "
+        f"{results['method']}, {results['num_shots']} shot(s) per class, backbone `{settings['backbone']}`"
+        + (f" (batch norm: {batch_norm})" if batch_norm else "")
+        + f", {settings['epochs']} epochs × {settings['iterations_per_epoch']} iterations × batch "
+        f"{settings['batch_size']}. Test set: {test['protocol']} protocol, split `{test['split']}` of "
         f"`{test['source_dataset']}`. Reported epoch: {selection}.",
         "",
         "| training data | balanced accuracy | top-1 |",
@@ -104,36 +146,39 @@ def results_markdown(results: dict) -> str:
         f"| {trained_on} ({results['method']}, p = {settings['synthetic_probability']}) | "
         f"{_figure(figures['augmented']['balanced_accuracy'])} | {_figure(figures['augmented']['top1'])} |"
     )
+    paired_over = {"trials": "trials", "classifier repeats": "classifier repeats"}.get(results["repeats"], "trial")
     if "difference" in figures:
         lines.append(
-            f"| difference, paired over seeds | {_difference(figures['difference']['balanced_accuracy'])} | "
+            f"| difference, paired over {paired_over} | {_difference(figures['difference']['balanced_accuracy'])} | "
             f"{_difference(figures['difference']['top1'])} |"
         )
+    classifiers = results["per_classifier"]
     lines += [
         "",
-        "Mean ± sample standard deviation over seeds; the interval is Student's t on the paired differences.",
+        repeats_sentence(
+            results["repeats"], [c["trial"] for c in classifiers], [c["classifier_seed"] for c in classifiers]
+        ),
         "",
-        "## Per seed",
+        "## Per classifier",
         "",
-        "| seed | training data | epoch | balanced accuracy | top-1 | synthetic share of draws |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| trial | classifier seed | training data | epoch | balanced accuracy | top-1 | synthetic share of draws |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for trial in results["per_seed"]:
+    for record in classifiers:
         lines.append(
-            f"| {trial['seed']} | {trial['arm'].replace('_', ' ')} | {trial['epoch']} | "
-            f"{trial['test_balanced_accuracy']:.4f} | {trial['test_top1']:.4f} | "
-            f"{trial['synthetic_fraction_drawn']:.3f} |"
+            f"| {record['trial']} | {record['classifier_seed']} | {record['arm'].replace('_', ' ')} | "
+            f"{record['epoch']} | {record['test_balanced_accuracy']:.4f} | {record['test_top1']:.4f} | "
+            f"{record['synthetic_fraction_drawn']:.3f} |"
         )
-    lines += [
-        "",
-        "## Data",
-        "",
-        f"Training: {results['training']['real_images']} real images and {results['training']['synthetic_images']} "
-        f"synthetic images. Test: {test['test_images']} images; validation: {test['validation_images']}.",
-        "",
-    ]
+    lines += ["", "## Data", "", "| trial | real images | synthetic images | test images | validation images |"]
+    lines.append("| --- | --- | --- | --- | --- |")
+    for trial in results["trials"]:
+        lines.append(
+            f"| {trial['seed']} | {trial['training']['real_images']} | {trial['training']['synthetic_images']} | "
+            f"{trial['test_set']['test_images']} | {trial['test_set']['validation_images']} |"
+        )
     skipped = {reason: count for reason, count in results["skipped"].items() if count}
-    lines.append("Skipped: " + (", ".join(f"{count} {reason}" for reason, count in skipped.items()) or "none") + ".")
+    lines += ["", "Skipped: " + (", ".join(f"{count} {reason}" for reason, count in skipped.items()) or "none") + "."]
     if results.get("diversity"):
         lines += ["", "## Diversity", "", results["diversity"]["table"]]
     shared = {name: value for name, value in settings.items() if name not in _MACHINE_SETTINGS}
@@ -144,12 +189,16 @@ def results_markdown(results: dict) -> str:
 def report_summary(output_dir: str | Path) -> str:
     """The head of a written results.md (the side-by-side table), for a terminal."""
     report = Path(output_dir, "results.md")
-    return report.read_text(encoding="utf-8").split("\n## Per seed")[0] + f"\nThe whole report: {report}"
+    return report.read_text(encoding="utf-8").split("\n## Per classifier")[0] + f"\nThe whole report: {report}"
 
 
-def write_epochs_csv(path: Path, trials: list[dict]) -> None:
-    """One row per (arm, seed, epoch) with every recorded metric."""
-    rows = [{"arm": trial["arm"], "seed": trial["seed"], **record} for trial in trials for record in trial["history"]]
+def write_epochs_csv(path: Path, records: list[dict]) -> None:
+    """One row per (arm, trial, classifier seed, epoch) with every recorded metric."""
+    rows = [
+        {"arm": record["arm"], "trial": record["trial"], "classifier_seed": record["classifier_seed"], **epoch}
+        for record in records
+        for epoch in record["history"]
+    ]
     columns = list(dict.fromkeys(key for row in rows for key in row))
     with atomic_output(path) as temporary, open(temporary, "w", newline="", encoding="utf-8") as file:
         writer = csv.DictWriter(file, fieldnames=columns)
@@ -175,7 +224,7 @@ def _save_png(figure, path: Path) -> None:
 
 
 def plot_accuracy_per_epoch(path: Path, trials: list[dict], title: str) -> None:
-    """Test balanced accuracy per epoch, real-only vs augmented: the mean over seeds and its min–max band."""
+    """Test balanced accuracy per epoch, real-only vs augmented: the mean over classifiers and its min–max band."""
     plt = _pyplot()
     figure, axes = plt.subplots(figsize=(6.4, 4))
     for arm, colour in (("real_only", "tab:gray"), ("augmented", "tab:blue")):
@@ -213,43 +262,62 @@ def plot_score_histograms(path: Path, clip_scores: list, scales: list) -> None:
     _save_png(figure, path)
 
 
-def write_report(args, trials: list[dict], context: dict) -> dict:
+def write_report(args, records: list[dict], context: dict) -> dict:
     """Writes results.json, results.md, epochs.csv, accuracy_per_epoch.png and clip_score_lambda.png."""
-    splits, training = context["splits"], context["training"]
+    trials = context["trials"]
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    recorded = splits.recorded
+    recorded = trials[0].splits.recorded
+    skipped: Counter = Counter()
+    for trial in trials:
+        skipped.update(trial.splits.skipped)
+    described = [
+        {
+            "seed": trial.seed,
+            "name": trial.location.name,
+            "fingerprint": trial.splits.augmented._fingerprint,
+            "generation": {
+                key: trial.splits.recorded["generation"].get(key) for key in ("method", "seed", "num_prompts")
+            },
+            "test_set": trial.splits.description,
+            "draw": trial.splits.draw,
+            "training": {
+                "real_images": trial.training.pool.num_reals,
+                "synthetic_images": int(trial.training.pool.synthetic_counts.sum()),
+            },
+            "skipped": dict(trial.splits.skipped),
+        }
+        for trial in trials
+    ]
     results = {
         "settings": asdict(args),
         "method": args.method_label or method_label(recorded),
         "num_shots": recorded["source"]["num_shots"],
-        "dataset": {
-            "id": args.dataset,
-            "revision": args.dataset_revision,
-            "fingerprint": splits.augmented._fingerprint,
-            "generation": {key: recorded["generation"].get(key) for key in ("method", "seed", "num_prompts")},
-        },
-        "test_set": splits.description,
+        "repeats": repeats_kind([r["trial"] for r in records], [r["classifier_seed"] for r in records]),
+        "dataset": {"id": args.dataset, "revision": args.dataset_revision},
+        "trials": described,
+        "test_set": trials[0].splits.description,
         "backbone": context["backbone"],
         "recipe": context["recipe"],
         "image_size": context["image_size"],
         "training": {
-            "real_images": training.pool.num_reals,
-            "synthetic_images": int(training.pool.synthetic_counts.sum()),
+            name: sum(trial["training"][name] for trial in described) for name in ("real_images", "synthetic_images")
         },
-        "skipped": dict(splits.skipped),
+        "skipped": dict(skipped),
         "versions": _versions(),
-        "per_seed": [
+        "per_classifier": [
             {
-                "seed": trial["seed"],
-                "arm": trial["arm"],
-                "synthetic_probability": trial["synthetic_probability"],
-                "synthetic_fraction_drawn": trial["synthetic_fraction_drawn"],
-                **trial["selected"],
+                "trial": record["trial"],
+                "classifier_seed": record["classifier_seed"],
+                "arm": record["arm"],
+                "synthetic_probability": record["synthetic_probability"],
+                "synthetic_fraction_drawn": record["synthetic_fraction_drawn"],
+                **record["selected"],
+                "test_balanced_accuracy_per_epoch": [epoch["test_balanced_accuracy"] for epoch in record["history"]],
             }
-            for trial in trials
+            for record in records
         ],
-        "aggregate": aggregate(trials),
+        "aggregate": aggregate(records),
         "optimistic": args.select == "best_test_epoch",
     }
     if context.get("diversity"):
@@ -257,18 +325,18 @@ def write_report(args, trials: list[dict], context: dict) -> dict:
     write_json_atomically(output_dir / "results.json", results)
     with atomic_output(output_dir / "results.md") as temporary:
         temporary.write_text(results_markdown(results), encoding="utf-8")
-    write_epochs_csv(output_dir / "epochs.csv", trials)
+    write_epochs_csv(output_dir / "epochs.csv", records)
     plot_accuracy_per_epoch(
         output_dir / "accuracy_per_epoch.png",
-        trials,
+        records,
         f"{results['method']}, {results['num_shots']}-shot, {args.backbone}",
     )
-    columns = splits.augmented.select_columns(["is_synthetic", "clip_score", "ip_adapter_scale"]).to_dict()
-    plot_score_histograms(
-        output_dir / "clip_score_lambda.png",
-        [score for score, synthetic in zip(columns["clip_score"], columns["is_synthetic"]) if not synthetic],
-        [scale for scale, synthetic in zip(columns["ip_adapter_scale"], columns["is_synthetic"]) if synthetic],
-    )
+    scores, scales = [], []
+    for trial in trials:
+        columns = trial.splits.augmented.select_columns(["is_synthetic", "clip_score", "ip_adapter_scale"]).to_dict()
+        scores += [score for score, synthetic in zip(columns["clip_score"], columns["is_synthetic"]) if not synthetic]
+        scales += [scale for scale, synthetic in zip(columns["ip_adapter_scale"], columns["is_synthetic"]) if synthetic]
+    plot_score_histograms(output_dir / "clip_score_lambda.png", scores, scales)
     logger.info("The report is in %s (results.md)", output_dir)
     return results
 
@@ -277,7 +345,39 @@ def _short(name: str) -> str:
     return name.rstrip("/").rsplit("/", 1)[-1]
 
 
-_COMPARABLE = ("select", "seeds", "epochs", "iterations_per_epoch", "batch_size", "image_size", "normalization")
+_COMPARABLE = (
+    "select",
+    "epochs",
+    "iterations_per_epoch",
+    "batch_size",
+    "image_size",
+    "normalization",
+    "batch_norm",
+    "synthetic_probability",
+)
+"""The evaluation settings that runs put in one column must share."""
+REAL_ONLY = "Real only"
+
+
+@dataclass
+class PooledMethod:
+    """One method's classifiers in one table cell, pooled over the runs that evaluated them."""
+
+    arms: dict[str, dict[Unit, dict]] = field(default_factory=lambda: {"augmented": {}, "real_only": {}})
+    """Per arm, each (trial, classifier seed)'s record from results.json."""
+    draws: dict[int, dict] = field(default_factory=dict)
+    """Per trial seed, what the trial drew (shots, test set; see `EvaluationSplits.draw`)."""
+    runs: list[str] = field(default_factory=list)
+
+    def values(self, arm: str, select: str) -> dict[Unit, float]:
+        """Each classifier's reported balanced accuracy; under the released code's `best_test_epoch` rule, at the
+        one epoch that is best by the mean over every pooled trial."""
+        records = self.arms[arm]
+        if select != "best_test_epoch":
+            return {unit: record["test_balanced_accuracy"] for unit, record in records.items()}
+        curves = [[{"test_balanced_accuracy": value} for value in r["test_balanced_accuracy_per_epoch"]] for r in records.values()]
+        chosen = select_epochs(curves, select)
+        return {unit: record["test_balanced_accuracy"] for unit, record in zip(records, chosen)}
 
 
 @dataclass
@@ -286,28 +386,81 @@ class Comparison:
 
     cells: dict[tuple[str, str], dict[int, dict[str, dict]]]
     """`{(dataset, backbone): {shots: {method: balanced-accuracy summary}}}`; the real-only baseline is the method
-    "Real only", from the first run of its cell's column."""
+    "Real only", from the same draws as the column's methods."""
+    tests: dict[tuple[str, str], dict[int, list[tuple[str, dict]]]]
+    """The paper's Table 3: per cell, (method, the paired difference reference − method over trials)."""
+    repeats: dict[tuple[str, str], dict[int, str]]
+    """Per cell, what its ± and tests are over, in words."""
+    reference: str
     diversity: list[tuple[str, dict]]
     """(method and dataset, diversity figures) of the runs that measured diversity."""
     optimistic: bool
     """Whether the runs chose their epoch on the test set."""
 
 
-def load_comparison(runs: list[str]) -> Comparison:
-    """Reads the runs' results.json. Runs of one column must share the protocol (model selection, seeds, schedule,
-    test set), or their figures would not compare; two runs of one cell are an error."""
-    comparison = Comparison({}, [], False)
-    origin: dict[tuple, str] = {}
+def _read_results(run: str) -> dict:
+    path = Path(run, "results.json")
+    if not path.is_file():
+        raise ValueError(f"{run!r} holds no results.json; give folders written by `dalda evaluate`.")
+    results = json.loads(path.read_text(encoding="utf-8"))
+    if "per_classifier" not in results:
+        raise ValueError(f"{run!r} was written by an older `dalda evaluate`, without its trials; evaluate it again.")
+    return results
+
+
+def _pool(run: str, results: dict, pooled: PooledMethod, where: str) -> None:
+    """Adds a run's classifiers and draws to its method's pool; a trial evaluated twice is an error."""
+    for record in results["per_classifier"]:
+        unit = (record["trial"], record["classifier_seed"])
+        arm = pooled.arms[record["arm"]]
+        if unit in arm:
+            raise ValueError(
+                f"{pooled.runs[0]!r} and {run!r} both evaluate trial {unit[0]} (classifier seed {unit[1]}) of "
+                f"{where}; give each trial once, or `method_label`s that tell the runs apart."
+            )
+        arm[unit] = record
+    for trial in results["trials"]:
+        pooled.draws[trial["seed"]] = trial["draw"]
+    pooled.runs.append(run)
+
+
+def _check_same_draws(column: tuple[str, str], shots: int, methods: dict[str, PooledMethod]) -> None:
+    """Every method of a column must have been evaluated on the same trials, each drawn alike (source, split,
+    selection protocol and seed, the very shots and test rows): else its figures would not compare."""
+    (first, reference), *others = methods.items()
+    for method, pooled in others:
+        if pooled.arms["augmented"].keys() != reference.arms["augmented"].keys():
+            raise ValueError(
+                f"{first} and {method} on {column[0]} with {column[1]} at {shots} shots were evaluated on different "
+                f"trials ({sorted(reference.arms['augmented'])} and {sorted(pooled.arms['augmented'])}, as (trial, "
+                "classifier seed)); compare methods evaluated on the same trials."
+            )
+        for seed, draw in pooled.draws.items():
+            differing = sorted(name for name in draw.keys() | reference.draws[seed].keys()
+                               if draw.get(name) != reference.draws[seed].get(name))
+            if differing:
+                raise ValueError(
+                    f"{first} ({reference.runs[0]!r}) and {method} ({pooled.runs[0]!r}) on {column[0]} with "
+                    f"{column[1]} at {shots} shots drew trial {seed} differently ({', '.join(differing)}); a column "
+                    "compares methods on the same draws of shots and test images: augment every method with the "
+                    "same source, `shot_selection` and seeds."
+                )
+
+
+def load_comparison(runs: list[str], reference_method: str = REFERENCE_METHOD) -> Comparison:
+    """Reads the runs' results.json and pools their classifiers per cell (dataset and backbone, shots, method).
+
+    Runs of one column must share the evaluation protocol (model selection, schedule, normalisation, batch norm) and,
+    method by method, the trials and their draws; the real-only baseline comes from those same draws."""
+    comparison = Comparison({}, {}, {}, reference_method, [], False)
     protocol: dict[tuple, tuple[str, dict]] = {}
+    pools: dict[tuple[str, str], dict[int, dict[str, PooledMethod]]] = {}
+    select: dict[tuple, str] = {}
     for run in runs:
-        path = Path(run, "results.json")
-        if not path.is_file():
-            raise ValueError(f"{run!r} holds no results.json; give folders written by `dalda evaluate`.")
-        results = json.loads(path.read_text(encoding="utf-8"))
+        results = _read_results(run)
         column = (_short(results["test_set"]["source_dataset"]), _short(results["settings"]["backbone"]))
         shots, method = results["num_shots"], results["method"]
-        settings = {name: results["settings"][name] for name in _COMPARABLE}
-        settings.update(test_set=results["test_set"]["protocol"], test_images=results["test_set"]["test_images"])
+        settings = {name: results["settings"].get(name) for name in _COMPARABLE}
         first_run, first = protocol.setdefault((*column, shots), (run, settings))
         differing = sorted(name for name in settings if settings[name] != first[name])
         if differing:
@@ -315,34 +468,47 @@ def load_comparison(runs: list[str]) -> Comparison:
                 f"{first_run!r} and {run!r} evaluate {column[0]} with {column[1]} at {shots} shots with different "
                 f"{', '.join(differing)}; compare runs made the same way."
             )
-        if (*column, shots, method) in origin:
-            raise ValueError(
-                f"{origin[(*column, shots, method)]!r} and {run!r} both evaluate {method} on {column[0]} with "
-                f"{column[1]} at {shots} shots; give `method_label`s that tell them apart."
-            )
-        origin[(*column, shots, method)] = run
+        select[(*column, shots)] = settings["select"]
+        pooled = pools.setdefault(column, {}).setdefault(shots, {}).setdefault(method, PooledMethod())
+        _pool(run, results, pooled, f"{method} on {column[0]} with {column[1]} at {shots} shots")
         comparison.optimistic |= results["optimistic"]
-        cell = comparison.cells.setdefault(column, {}).setdefault(shots, {})
-        cell[method] = results["aggregate"]["augmented"]["balanced_accuracy"]
-        if "real_only" in results["aggregate"]:
-            cell.setdefault("Real only", results["aggregate"]["real_only"]["balanced_accuracy"])
         if results.get("diversity"):
             comparison.diversity.append((f"{method}, {column[0]}, {shots}-shot", results["diversity"]))
+
+    for column, by_shots in pools.items():
+        for shots, methods in by_shots.items():
+            _check_same_draws(column, shots, methods)
+            rule = select[(*column, shots)]
+            values = {method: pooled.values("augmented", rule) for method, pooled in methods.items()}
+            first = next(iter(methods.values()))
+            if first.arms["real_only"]:
+                values = {REAL_ONLY: first.values("real_only", rule), **values}
+            comparison.cells.setdefault(column, {})[shots] = {
+                method: mean_and_std([by_unit[unit] for unit in sorted(by_unit)]) for method, by_unit in values.items()
+            }
+            units = sorted(first.arms["augmented"])
+            comparison.repeats.setdefault(column, {})[shots] = repeats_kind([u[0] for u in units], [u[1] for u in units])
+            if reference_method in values:
+                reference = values[reference_method]
+                comparison.tests.setdefault(column, {})[shots] = [
+                    (method, paired_difference([reference[u] for u in units], [by_unit[u] for u in units]))
+                    for method, by_unit in values.items()
+                    if method != reference_method
+                ]
     return comparison
 
 
 def comparison_markdown(comparison: Comparison) -> str:
     """The paper's Table 2 layout per number of shots: one row per method, one column per dataset and backbone,
-    mean balanced accuracy ± std over seeds, the best of each column in bold; then Table 1 (diversity) if measured."""
+    mean balanced accuracy ± std over trials, the best of each column in bold; then the paper's Table 3 (each method
+    against the reference method, paired over trials) and Table 1 (diversity) where measured."""
     table = comparison.cells
     lines = ["# Few-shot balanced accuracy", ""]
     if comparison.optimistic:
-        lines += [f"**{OPTIMISTIC}** (`select best_test_epoch`, as the released code).", ""]
+        lines += [f"**{OPTIMISTIC}** (`select best_test_epoch`, the released code's rule).", ""]
     for shots in sorted({shots for cells in table.values() for shots in cells}):
         columns = [column for column in table if shots in table[column]]
-        methods = list(
-            dict.fromkeys(["Real only"] + [m for c in columns for m in table[c][shots] if m != "Real only"])
-        )
+        methods = list(dict.fromkeys([m for c in columns for m in table[c][shots]]))
         lines += [
             f"## {shots}-shot",
             "",
@@ -360,10 +526,38 @@ def comparison_markdown(comparison: Comparison) -> str:
                 text = _figure(summary)
                 cells.append(f"**{text}**" if summary["mean"] == best[column] else text)
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
-        lines.append("")
+        kinds = {comparison.repeats[column][shots] for column in columns}
+        lines += ["", "Mean ± std over " + " and ".join(sorted(_OVER[kind] for kind in kinds)) + ".", ""]
+        tested = [column for column in columns if shots in comparison.tests.get(column, {})]
+        for column in tested:
+            lines += [
+                f"### {shots}-shot, {column[0]} {column[1]}: {comparison.reference} against each method",
+                "",
+                f"| method | balanced accuracy | {comparison.reference} − method | p (paired t-test) |",
+                "| --- | --- | --- | --- |",
+            ]
+            for method, difference in comparison.tests[column][shots]:
+                interval = (
+                    f" [95% CI {difference['ci95'][0]:+.4f}, {difference['ci95'][1]:+.4f}]"
+                    if difference["ci95"] is not None
+                    else ""
+                )
+                p_value = f"{difference['p_value']:.3g}" if difference["p_value"] is not None else "–"
+                lines.append(
+                    f"| {method} | {_figure(table[column][shots][method])} | {difference['mean']:+.4f}{interval} | "
+                    f"{p_value} |"
+                )
+            lines += ["", f"Paired over {_OVER[comparison.repeats[column][shots]]} (n = {difference['n']}).", ""]
     if comparison.diversity:
         lines += ["## Diversity", "", diversity_table(comparison.diversity), ""]
     return "\n".join(lines)
+
+
+_OVER = {
+    "trials": "trials (each its own draw of shots, synthetic images and classifier)",
+    "classifier repeats": "classifier repeats on one draw of shots (optimiser noise only, not trials)",
+    "one trial": "one trial (no spread)",
+}
 
 
 def plot_accuracy_vs_shots(path: Path, table: dict[tuple[str, str], dict[int, dict[str, dict]]]) -> None:
@@ -392,7 +586,7 @@ def plot_accuracy_vs_shots(path: Path, table: dict[tuple[str, str], dict[int, di
 def compare_runs(args: CompareArguments) -> str:
     """Writes comparison.md and accuracy_vs_shots.png for several evaluation runs; returns the markdown."""
     output_dir = create_output_dir(args.output_dir)
-    comparison = load_comparison(args.runs)
+    comparison = load_comparison(args.runs, args.reference_method)
     markdown = comparison_markdown(comparison)
     with atomic_output(output_dir / "comparison.md") as temporary:
         temporary.write_text(markdown, encoding="utf-8")

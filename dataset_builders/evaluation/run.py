@@ -1,8 +1,17 @@
 """`dalda evaluate`: does the augmentation help a few-shot classifier, by how much, with what confidence?
 
 Trains the paper's few-shot classifiers — a linear head on a frozen backbone — on the augmented dataset, with the
-real-only baseline side by side (same seeds, same test set, same real draws and views), and writes the report.
-The backbone runs once per image and view (features cached on disk); the head then trains in seconds per trial.
+real-only baseline side by side, and writes the report.
+
+A **trial**, as in the paper, is one seed's draw of everything: the shots, the synthetic images made from them (one
+trial of a dataset written by `dalda augment --seeds`) and the classifier (seeded by the trial's seed). Within a
+trial, the augmented and real-only classifiers share the shots, the test set, the seed and every real draw and view,
+so each trial gives one paired difference, and the spread and the interval are over trials. On a dataset of one
+trial, `classifier_seeds` repeats only the classifier: the report calls those classifier repeats.
+
+The backbone runs once per image and view (features cached on disk), and the heads of every trial and arm train
+together as one batched computation. The paper's ResNet-50 mode (`batch_norm="paper"`) runs the backbone at every
+step, in training mode, one classifier at a time.
 """
 
 import logging
@@ -11,6 +20,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import PIL.Image
 import torch
 from huggingface_hub.constants import HF_HOME
 from tqdm.auto import tqdm
@@ -19,17 +29,30 @@ from pipeline_dalda.atomic import create_output_dir
 
 from ..card import method_label
 from .arguments import DiversityArguments, EvaluateArguments
-from .backbones import PAPER_MEAN, PAPER_STD, HeadRecipe, load_backbone
-from .data import EvaluationSplits, ImageRef, LeakError, load_evaluation_splits, prepare_images
+from .backbones import PAPER_MEAN, PAPER_STD, FrozenBackbone, HeadRecipe, load_backbone
+from .data import (
+    EvaluationSplits,
+    ImageRef,
+    LeakError,
+    TrialLocation,
+    find_trials,
+    load_evaluation_splits,
+    prepare_images,
+)
 from .diversity import compute_diversity, diversity_table
-from .features import FeatureCache, FeatureExtractor, PreparedImage, RenderedFeatures
+from .features import FeatureCache, FeatureExtractor, PreparedImage, RenderedFeatures, TrainModeBatchNormFeatures
+from .metrics import select_epochs
 from .report import write_report
 from .training import (
     CachedFeatures,
+    Draws,
+    EpochScorer,
     LabelledFeatures,
+    StackedLinearHeads,
     TrainingPool,
     draw_training_batches,
-    train_linear_head,
+    held_out_scorer,
+    train_linear_heads,
 )
 from .views import IDENTITY, view_grid
 
@@ -47,6 +70,41 @@ class PreparedTraining:
     images: list[PreparedImage]
     real_hashes: dict[str, str]
     """Content hash → origin of every real training image, for the leak check."""
+
+
+@dataclass
+class HeldOut:
+    """Test or validation images: their identity-view features and classes, and (for the paper's batch-norm mode,
+    whose test features change as the classifier trains) their prepared pixels."""
+
+    features: LabelledFeatures
+    images: list[PIL.Image.Image] | None = None
+
+
+@dataclass
+class Trial:
+    """One trial's data, ready to train on: its splits, training pool and held-out images."""
+
+    location: TrialLocation
+    splits: EvaluationSplits
+    training: PreparedTraining
+    test: HeldOut
+    validation: HeldOut | None
+
+    @property
+    def seed(self) -> int:
+        return int(self.splits.recorded["generation"]["seed"])
+
+
+@dataclass
+class Classifier:
+    """One head to train: its trial, its arm, the seed of its initialisation and sampling, and its draws."""
+
+    trial: int
+    arm: str
+    seed: int
+    synthetic_probability: float
+    draws: Draws
 
 
 def prepare_training(splits: EvaluationSplits, image_size: int, num_workers: int) -> PreparedTraining:
@@ -83,17 +141,21 @@ def extract_evaluation_features(
     args: EvaluateArguments,
     skipped: Counter,
     description: str,
-) -> LabelledFeatures:
-    """Identity-view features of test or validation images; raises [`LeakError`] naming every real training image
-    found among them by content."""
+) -> HeldOut:
+    """Identity-view features of test or validation images (and, in the paper's batch-norm mode, their pixels);
+    raises [`LeakError`] naming every real training image found among them by content."""
     kept: list[int] = []
     leaks: list[str] = []
+    images: list[PIL.Image.Image] = []
+    keep_images = args.batch_norm == "paper"
 
     def checked():
         for position, prepared in prepare_images(refs, args.image_size, skipped, args.num_workers):
             if prepared.content_hash in training.real_hashes:
                 leaks.append(f"{refs[position].origin} = {training.real_hashes[prepared.content_hash]}")
             kept.append(position)
+            if keep_images:
+                images.append(prepared.image)
             yield prepared
 
     features = extractor.extract(checked(), [IDENTITY], total=len(refs), description=description)[:, 0]
@@ -101,31 +163,165 @@ def extract_evaluation_features(
         raise LeakError(
             f"{len(leaks)} {description} images are real training images (same pixels): {'; '.join(leaks[:10])}."
         )
-    return LabelledFeatures(features, np.array([refs[position].label for position in kept], dtype=np.int64))
+    labels = np.array([refs[position].label for position in kept], dtype=np.int64)
+    return HeldOut(LabelledFeatures(features, labels), images if keep_images else None)
 
 
-def selected_epoch(history: list[dict], select: str) -> dict:
-    """The epoch the trial reports: the last one, or the best by validation or (optimistic) test balanced accuracy."""
-    if select == "last_epoch":
-        return history[-1]
-    key = "validation_balanced_accuracy" if select == "best_validation_epoch" else "test_balanced_accuracy"
-    return max(history, key=lambda record: record[key])
-
-
-def evaluate_augmented_dataset(args: EvaluateArguments, diversity_args: DiversityArguments | None = None) -> dict:
-    """Runs every trial (and, with `args.diversity`, the diversity metrics) and writes the report to
-    `args.output_dir`; returns the results (as in results.json)."""
-    create_output_dir(args.output_dir)
+def prepare_trial(location: TrialLocation, extractor: FeatureExtractor, args: EvaluateArguments) -> Trial:
+    """Reads one trial's augmented dataset and source, decodes its training images and extracts its test (and
+    validation) features."""
     splits = load_evaluation_splits(
-        args.dataset,
+        location.path,
         args.dataset_revision,
         args.test_set,
         args.test_split,
         args.source_dataset,
         args.validation_fraction,
+        config=location.config,
     )
+    training = prepare_training(splits, args.image_size, args.num_workers)
+    test = extract_evaluation_features(splits.test, extractor, training, args, splits.skipped, "test")
+    if len(test.features.labels) == 0:
+        raise ValueError(
+            f"The test set of {location.name!r} is empty ({splits.description}); choose another `test_set`."
+        )
+    validation = None
+    if splits.validation:
+        validation = extract_evaluation_features(
+            splits.validation, extractor, training, args, splits.skipped, "validation"
+        )
+    if args.select == "best_validation_epoch" and (validation is None or len(validation.features.labels) == 0):
+        raise ValueError(
+            f"`validation_fraction` {args.validation_fraction} leaves no validation image (a class needs at least "
+            "two test images to give one); raise it, or choose another `select`."
+        )
+    splits.description.update(
+        test_images=len(test.features.labels),
+        validation_images=len(validation.features.labels) if validation else 0,
+    )
+    return Trial(location, splits, training, test, validation)
+
+
+def plan_classifiers(trials: list[Trial], args: EvaluateArguments, view_sampling: str) -> list[Classifier]:
+    """Every head to train: per trial, per classifier seed (the trial's own unless `classifier_seeds`), the
+    augmented arm and, beside it, the real-only arm on the same draws."""
+    arms = {"augmented": args.synthetic_probability}
+    if args.real_only_baseline and args.synthetic_probability > 0:
+        arms["real_only"] = 0.0
+    classifiers = []
+    for index, trial in enumerate(trials):
+        for seed in args.classifier_seeds or [trial.seed]:
+            for arm, probability in arms.items():
+                draws = draw_training_batches(
+                    trial.training.pool, args.schedule(), seed, probability, view_sampling, args.rotation_step
+                )
+                classifiers.append(Classifier(index, arm, seed, probability, draws))
+    return classifiers
+
+
+def train_classifiers(
+    classifiers: list[Classifier],
+    trials: list[Trial],
+    backbone: FrozenBackbone,
+    extractor: FeatureExtractor,
+    recipe: HeadRecipe,
+    args: EvaluateArguments,
+    device: torch.device,
+) -> list[list[dict]]:
+    """Trains every classifier; returns each one's per-epoch history.
+
+    With a frozen backbone, every head trains in one batched computation over the trials' training images laid end
+    to end (cached features, or features rendered at every step). In the paper's batch-norm mode, each classifier
+    trains alone, with a backbone copy whose running statistics are its own.
+    """
+    class_names = trials[0].splits.class_names
+    heads = [backbone.initial_head(class_names, classifier.seed).to(device) for classifier in classifiers]
+    labels = [trials[classifier.trial].training.pool.labels for classifier in classifiers]
+    if args.batch_norm == "paper":
+        histories = []
+        for classifier, head, pool_labels in zip(classifiers, heads, labels):
+            trial = trials[classifier.trial]
+            features_of = TrainModeBatchNormFeatures(extractor, [image.image for image in trial.training.images])
+            histories += train_linear_heads(
+                StackedLinearHeads([head]),
+                recipe,
+                features_of,
+                [classifier.draws],
+                [pool_labels],
+                paper_mode_scorer(features_of, trial, device),
+                description=f"{ARMS[classifier.arm]}, trial {trial.seed}, seed {classifier.seed}",
+            )
+        return histories
+
+    sizes = [len(trial.training.images) for trial in trials]
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).tolist()
+    images = [image for trial in trials for image in trial.training.images]
+    if args.feature_cache:
+        table = extractor.extract(images, view_grid(args.rotation_step), len(images), "training features")
+        features_of = CachedFeatures(table, device)
+    else:
+        features_of = RenderedFeatures(extractor, [image.image for image in images])
+    score = held_out_scorer(
+        [trials[c.trial].test.features.to(device) for c in classifiers],
+        [trials[c.trial].validation.features.to(device) if trials[c.trial].validation else None for c in classifiers],
+    )
+    return train_linear_heads(
+        StackedLinearHeads(heads),
+        recipe,
+        features_of,
+        [classifier.draws for classifier in classifiers],
+        labels,
+        score,
+        offsets=[starts[classifier.trial] for classifier in classifiers],
+        description=f"{len(classifiers)} classifiers",
+    )
+
+
+def paper_mode_scorer(features_of: TrainModeBatchNormFeatures, trial: Trial, device: torch.device) -> EpochScorer:
+    """Scores a paper-mode classifier on its test (and validation) images with the running statistics it has now,
+    as the released code's `model.eval()` at every epoch."""
+
+    def current(held_out: HeldOut | None) -> LabelledFeatures | None:
+        if held_out is None:
+            return None
+        return LabelledFeatures(features_of.identity_features(held_out.images), held_out.features.labels).to(device)
+
+    def score(heads: StackedLinearHeads) -> list[dict[str, float]]:
+        return held_out_scorer([current(trial.test)], [current(trial.validation)])(heads)
+
+    return score
+
+
+def trial_diversity(trials: list[Trial], args: DiversityArguments, device: torch.device) -> dict:
+    """The diversity metrics of each trial's synthetic images, and their mean over trials."""
+    per_trial = [compute_diversity(trial.splits.augmented, args, device) for trial in trials]
+    if len(per_trial) == 1:
+        return per_trial[0]
+    figures = ("clip_i_to_source", "clip_i_within_class", "lpips_within_source", "lpips_to_source")
+    counts = ("num_synthetic", "num_sources", "num_skipped_synthetic", "num_lpips_pairs")
+    combined = {name: float(np.mean([result[name] for result in per_trial])) for name in figures}
+    combined.update({name: int(sum(result[name] for result in per_trial)) for name in counts})
+    combined.update(settings=per_trial[0]["settings"], per_trial=[{n: r[n] for n in figures} for r in per_trial])
+    return combined
+
+
+def evaluate_augmented_dataset(args: EvaluateArguments, diversity_args: DiversityArguments | None = None) -> dict:
+    """Runs every trial (and, with `args.diversity`, the diversity metrics) and writes the report to
+    `args.output_dir`; returns the results (as in results.json)."""
+    locations = find_trials(args.dataset, args.dataset_revision)  # before anything is created
+    if len(locations) > 1 and args.classifier_seeds is not None:
+        raise ValueError(
+            f"{args.dataset!r} holds {len(locations)} trials, each of which seeds its classifier with its own seed; "
+            "`classifier_seeds` repeats the classifier on a dataset of one trial only."
+        )
+    create_output_dir(args.output_dir)
     device = args.resolved_device()
     backbone = load_backbone(args.backbone, device, getattr(torch, args.dtype))
+    if args.batch_norm == "paper" and not backbone.has_batch_norm:
+        raise ValueError(
+            f"The backbone {args.backbone!r} has no batch-norm layer, so `batch_norm paper` would change nothing; "
+            "use `batch_norm frozen` (its features are cached)."
+        )
     mean, std = (
         (PAPER_MEAN, PAPER_STD) if args.normalization == "paper" else (backbone.processor_mean, backbone.processor_std)
     )
@@ -135,69 +331,49 @@ def evaluate_augmented_dataset(args: EvaluateArguments, diversity_args: Diversit
         cache = FeatureCache(cache_dir, FeatureExtractor.cache_key(backbone, args.image_size, mean, std))
     extractor = FeatureExtractor(backbone, mean, std, cache, args.feature_batch_size)
 
-    training = prepare_training(splits, args.image_size, args.num_workers)
-    test = extract_evaluation_features(splits.test, extractor, training, args, splits.skipped, "test")
-    if len(test.labels) == 0:
-        raise ValueError(
-            f"The test set of {args.dataset!r} is empty ({splits.description}); choose another `test_set`."
-        )
-    validation = None
-    if splits.validation:
-        validation = extract_evaluation_features(
-            splits.validation, extractor, training, args, splits.skipped, "validation"
-        )
-    if args.select == "best_validation_epoch" and (validation is None or len(validation.labels) == 0):
-        raise ValueError(
-            f"`validation_fraction` {args.validation_fraction} leaves no validation image (a class needs at least "
-            "two test images to give one); raise it, or choose another `select`."
-        )
-    splits.description.update(
-        test_images=len(test.labels), validation_images=len(validation.labels) if validation else 0
-    )
-    if args.feature_cache:
-        grid = view_grid(args.rotation_step)
-        table = extractor.extract(training.images, grid, len(training.images), "training features")
-        features_of, view_sampling = CachedFeatures(table, device), "grid"
-    else:
-        features_of, view_sampling = RenderedFeatures(extractor, [p.image for p in training.images]), "continuous"
-
+    trials = [prepare_trial(location, extractor, args) for location in locations]
+    names = {tuple(trial.splits.class_names) for trial in trials}
+    if len(names) > 1:
+        raise ValueError(f"The trials of {args.dataset!r} do not share one class list; evaluate them apart.")
+    cached = args.feature_cache and args.batch_norm == "frozen"
+    classifiers = plan_classifiers(trials, args, "grid" if cached else "continuous")
     recipe = HeadRecipe(
         backbone.recipe.optimizer,
         args.learning_rate if args.learning_rate is not None else backbone.recipe.learning_rate,
         args.weight_decay if args.weight_decay is not None else backbone.recipe.weight_decay,
     )
-    arms = {"augmented": args.synthetic_probability}
-    if args.real_only_baseline and args.synthetic_probability > 0:
-        arms["real_only"] = 0.0
-    trials = []
-    for seed in args.seeds:
-        for arm, probability in arms.items():
-            draws = draw_training_batches(
-                training.pool, args.schedule(), seed, probability, view_sampling, args.rotation_step
-            )
-            head = backbone.initial_head(splits.class_names, seed).to(device)
-            history = train_linear_head(
-                head, recipe, features_of, training.pool, draws, test, validation, f"{ARMS[arm]}, seed {seed}"
-            )
-            trials.append(
+    histories = train_classifiers(classifiers, trials, backbone, extractor, recipe, args, device)
+
+    records = []
+    for arm in ARMS:
+        members = [index for index, classifier in enumerate(classifiers) if classifier.arm == arm]
+        selected = select_epochs([histories[index] for index in members], args.select) if members else []
+        for index, chosen in zip(members, selected):
+            classifier = classifiers[index]
+            records.append(
                 {
                     "arm": arm,
-                    "seed": seed,
-                    "synthetic_probability": probability,
-                    "synthetic_fraction_drawn": float(draws.is_synthetic.mean()),
-                    "selected": selected_epoch(history, args.select),
-                    "history": history,
+                    "trial": trials[classifier.trial].seed,
+                    "classifier_seed": classifier.seed,
+                    "synthetic_probability": classifier.synthetic_probability,
+                    "synthetic_fraction_drawn": float(classifier.draws.is_synthetic.mean()),
+                    "selected": chosen,
+                    "history": histories[index],
                 }
             )
     context = {
-        "splits": splits,
-        "training": training,
-        "backbone": {"id": args.backbone, "fingerprint": backbone.fingerprint, "feature_dim": backbone.feature_dim},
+        "trials": trials,
+        "backbone": {
+            "id": args.backbone,
+            "fingerprint": backbone.fingerprint,
+            "feature_dim": backbone.feature_dim,
+            "batch_norm": args.batch_norm if backbone.has_batch_norm else None,
+        },
         "recipe": asdict(recipe),
         "image_size": args.image_size,
     }
     if args.diversity:
-        diversity = compute_diversity(splits.augmented, diversity_args or DiversityArguments(), device)
-        label = args.method_label or method_label(splits.recorded)
+        diversity = trial_diversity(trials, diversity_args or DiversityArguments(), device)
+        label = args.method_label or method_label(trials[0].splits.recorded)
         context["diversity"] = {**diversity, "table": diversity_table([(label, diversity)])}
-    return write_report(args, trials, context)
+    return write_report(args, records, context)
