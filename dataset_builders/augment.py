@@ -33,7 +33,6 @@ them again, exactly.
 import hashlib
 import json
 import logging
-import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
@@ -60,7 +59,16 @@ from pipeline_dalda.resume import ensure_same_settings, record_settings
 from pipeline_dalda.seeding import item_seed, noise_generator, scale_generator
 
 from .arguments import AugmentArguments, SourceArguments
-from .hub_layout import WORK_DIR, output_features, push_to_hub, shard_path, trial_name, write_shard
+from .hub_layout import (
+    WORK_DIR,
+    output_features,
+    push_to_hub,
+    resolved_settings,
+    shard_path,
+    shard_problem,
+    trial_name,
+    write_shard,
+)
 from .report import finalize_output, write_trials_card
 from .source import RealImages, load_real_images, select_few_shot
 
@@ -434,13 +442,13 @@ def run_settings(
         generation.pop(name)
     if args.prompt_bank:
         generation["prompt_bank_sha256"] = hashlib.sha256(Path(args.prompt_bank).read_bytes()).hexdigest()
-    source = asdict(source_args)
-    if os.path.isdir(source["dataset"]):  # so that a record read from elsewhere still finds it
-        source["dataset"] = os.path.abspath(source["dataset"])
     models = asdict(model_args)
     for name in ("device", "dtype", "compile"):
         models.pop(name)
-    return {"source": source, "generation": generation, "models": models, "ags": asdict(ags)}
+    # Local paths resolved: the same folders given from elsewhere are the same run, and a record read from elsewhere
+    # still finds them.
+    settings = {"source": asdict(source_args), "generation": generation, "models": models, "ags": asdict(ags)}
+    return resolved_settings(settings)
 
 
 def augment_dataset(
@@ -453,7 +461,6 @@ def augment_dataset(
     """
     if args.seeds is not None:
         return augment_trials(source_args, args, model_args, ags)
-    output_dir = create_output_dir(args.output_dir)
     model_args = method_models(args, model_args)
     # On the CPU, accelerate forms a process group only when told it runs on the CPU.
     state = PartialState(cpu=model_args.resolved_device().type == "cpu")
@@ -468,6 +475,7 @@ def augment_dataset(
     )
     prompts = class_prompts(args, real.class_names)
     settings = run_settings(source_args, args, model_args, ags)
+    output_dir = create_output_dir(args.output_dir)  # once the inputs are known to be good: a bad one leaves nothing
     settings_file = output_dir / WORK_DIR / "run.json"
     # The main process records the settings on a first start; past the barrier, every process checks them (so that
     # a refusal stops all of them alike, none left waiting).
@@ -479,6 +487,9 @@ def augment_dataset(
 
     size = args.real_images_per_shard
     shards = [selected[start : start + size] for start in range(0, len(selected), size)]
+    if state.is_main_process:
+        remove_damaged_shards(output_dir, shards, args.num_prompts)
+    state.wait_for_everyone()
     todo = [index for index in range(len(shards)) if not shard_path(output_dir, index, len(shards)).exists()]
     if len(todo) < len(shards) and state.is_main_process:
         logger.info("Resuming: %d of %d shards are already written.", len(shards) - len(todo), len(shards))
@@ -512,6 +523,25 @@ def augment_dataset(
     return summary
 
 
+def remove_damaged_shards(output_dir: Path, shards: list[list[int]], num_prompts: int) -> None:
+    """Removes every written shard that cannot be trusted ([`shard_problem`]: a truncated or partial copy, another
+    row count than its real images make), saying so, so that the run makes it again; generation is deterministic, so
+    it comes back with the same rows."""
+    for index, sources in enumerate(shards):
+        path = shard_path(output_dir, index, len(shards))
+        if not path.exists():
+            continue
+        report = output_dir / WORK_DIR / "reports" / f"shard-{index:05d}.json"
+        expected = None
+        if report.exists():
+            skipped = json.loads(report.read_text(encoding="utf-8"))["skipped"]
+            expected = (len(sources) - len(skipped)) * (1 + num_prompts)
+        problem = shard_problem(path, expected)
+        if problem:
+            logger.warning("%s is damaged (%s); making it again.", path.relative_to(output_dir), problem)
+            path.unlink()
+
+
 def push_finished(output_dir: Path, args: AugmentArguments) -> None:
     """Uploads a finished output folder; a failed upload says how to retry it."""
     try:
@@ -535,9 +565,10 @@ def augment_trials(
 
     Returns `{seed: run summary}` on the main process, None on the others.
     """
-    root = create_output_dir(args.output_dir)
     state = PartialState(cpu=method_models(args, model_args).resolved_device().type == "cpu")
+    load_real_images(source_args)  # a missing dataset is refused before anything is created
     shared = run_settings(source_args, replace(args, seeds=None), model_args, ags)
+    root = create_output_dir(args.output_dir)
     shared["generation"].pop("seed")
     if state.is_main_process:
         record_settings(root / WORK_DIR / "run.json", shared)

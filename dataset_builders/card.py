@@ -10,6 +10,7 @@ from typing import Any
 
 import datasets
 import jinja2
+import pyarrow.parquet as pq
 from datasets.info import DatasetInfosDict
 from huggingface_hub import DatasetCard, DatasetCardData
 
@@ -76,6 +77,20 @@ class ConfigFiles:
     path: str
     num_rows: int
     download_size: int
+    """The shards' bytes on disk."""
+    num_bytes: int
+    """The rows' bytes as an Arrow table (the split's `num_bytes`, the figure `Dataset.push_to_hub` writes)."""
+
+    @classmethod
+    def of_shards(cls, name: str, path: str, shards: list[Path]) -> "ConfigFiles":
+        """A configuration's figures, read from its shards one at a time."""
+        return cls(
+            name,
+            path,
+            num_rows=sum(pq.ParquetFile(shard).metadata.num_rows for shard in shards),
+            download_size=sum(shard.stat().st_size for shard in shards),
+            num_bytes=sum(pq.read_table(shard).nbytes for shard in shards),
+        )
 
 
 def card_data(public: dict[str, Any], class_names: list[str], configs: list[ConfigFiles]) -> DatasetCardData:
@@ -106,8 +121,9 @@ def card_data(public: dict[str, Any], class_names: list[str], configs: list[Conf
     infos = {
         config.name: datasets.DatasetInfo(
             features=output_features(class_names),
-            splits=[{"name": "train", "num_examples": config.num_rows}],
+            splits=[{"name": "train", "num_examples": config.num_rows, "num_bytes": config.num_bytes}],
             download_size=config.download_size,
+            dataset_size=config.num_bytes,
         )
         for config in configs
     }
@@ -147,8 +163,7 @@ def dataset_card(
     """
     public = public_settings(settings)
     generation = public["generation"]
-    files = ConfigFiles("default", "data/train-*", summary["rows"], sum(path.stat().st_size for path in shards))
-    data = card_data(public, class_names, [files])
+    data = card_data(public, class_names, [ConfigFiles.of_shards("default", "data/train-*", shards)])
     content = _TEMPLATES.get_template("dataset_card.md").render(
         card_data=data.to_yaml(),
         label=method_label(public),

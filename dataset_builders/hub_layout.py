@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from pipeline_dalda.atomic import atomic_output, write_json_atomically
 from pipeline_dalda.publish import push_folder
@@ -43,6 +45,18 @@ _PATH_SETTINGS = {
 
 LOCAL_PREFIX = "./"
 """What a published setting starts with when it was a local path; a Hub id never does."""
+
+
+def resolved_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """The run's settings with each local path among them made absolute, so that a rerun from another folder, or
+    with the same folder spelled another way, is the same run; Hub ids and everything else as they are."""
+    resolved = {section: dict(values) for section, values in settings.items()}
+    for section, names in _PATH_SETTINGS.items():
+        for name in names:
+            value = resolved.get(section, {}).get(name)
+            if isinstance(value, str) and value and os.path.exists(value):
+                resolved[section][name] = os.path.abspath(value)
+    return resolved
 
 
 def public_settings(settings: dict[str, Any]) -> dict[str, Any]:
@@ -88,6 +102,18 @@ def output_features(class_names: list[str]) -> datasets.Features:
 
 def shard_path(output_dir: str | os.PathLike, index: int, count: int) -> Path:
     return Path(output_dir, "data", f"train-{index:05d}-of-{count:05d}.parquet")
+
+
+def shard_problem(path: Path, expected_rows: int | None = None) -> str | None:
+    """Why a written shard cannot be trusted — its parquet footer does not read (a truncated or partial copy), or it
+    holds another number of rows than its real images make — or None when it can."""
+    try:
+        rows = pq.ParquetFile(path).metadata.num_rows
+    except (OSError, pa.ArrowException) as error:
+        return f"unreadable: {error}"
+    if expected_rows is not None and rows != expected_rows:
+        return f"{rows} rows where its real images make {expected_rows}"
+    return None
 
 
 def write_shard(shard: datasets.Dataset, path: Path, output_dir: str | os.PathLike) -> None:

@@ -122,8 +122,7 @@ def write_trials_card(root: Path, summaries: dict[int, dict[str, Any]]) -> None:
         if settings is None or not (folder / "README.md").exists():
             continue  # not a finished trial
         seed = int(settings["generation"]["seed"])
-        rows = sum(pq.ParquetFile(shard).metadata.num_rows for shard in shards)
-        trials[seed] = ConfigFiles(folder.name, f"{folder.name}/data/train-*", rows, sum(s.stat().st_size for s in shards))
+        trials[seed] = ConfigFiles.of_shards(folder.name, f"{folder.name}/data/train-*", shards)
         records[seed] = settings
     trials = dict(sorted(trials.items()))
     first = next(iter(trials))

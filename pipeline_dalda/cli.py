@@ -6,10 +6,14 @@ options are parsed, so `--help` answers at once.
 
 An expected failure (a bad option, a missing dataset, a folder that cannot be written, a refused request) ends in one
 line naming the input and what to do, and a non-zero exit; `--debug` (or `DALDA_DEBUG=1`) shows the traceback.
+
+A command prints its own progress and results; the libraries' known-harmless chatter is silenced
+([`pipeline_dalda.chatter`]), and `--verbose` brings it back with timestamped log lines.
 """
 
 import argparse
 import copy
+import difflib
 import json
 import logging
 import os
@@ -19,6 +23,7 @@ from typing import Any, Callable, Literal, Sequence, get_args, get_origin, get_t
 
 from transformers import HfArgumentParser
 
+from .chatter import ConsoleFormatter, silence_known_chatter
 from .arguments import (
     DEPRECATED_OPTIONS,
     AGSArguments,
@@ -37,6 +42,7 @@ RESUMABLE = ("augment", "prompts")
 """The commands a rerun resumes."""
 DEBUG_FLAG = "--debug"
 DEBUG_VARIABLE = "DALDA_DEBUG"
+VERBOSE_FLAG = "--verbose"
 
 
 def tiny_models(args: TinyModelsArguments) -> None:
@@ -133,6 +139,8 @@ class Command:
     help: str
     load: Callable[[], tuple[tuple[type, ...], Callable[..., None]]]
     """Returns the command's option dataclasses and the function to run (which imports what it needs)."""
+    uses_diffusers: bool = True
+    """Whether the command imports diffusers (whose progress bar is then silenced)."""
 
 
 COMMANDS = {
@@ -148,11 +156,14 @@ COMMANDS = {
         _evaluate_command,
     ),
     "compare": Command(
-        "Put several `dalda evaluate` reports side by side (the paper's Table 2 and accuracy vs shots).",
+        "Put several `dalda evaluate` reports side by side (the paper's Tables 2 and 3, accuracy vs shots).",
         _compare_command,
+        uses_diffusers=False,
     ),
     "prompts": Command(
-        "Write M scene sentences per class (LLM, templates or a file) as a prompt bank.", _prompts_command
+        "Write M scene sentences per class (LLM, templates or a file) as a prompt bank.",
+        _prompts_command,
+        uses_diffusers=False,
     ),
     "generate": Command("Generate images from real images and prompts with DALDAPipeline.", _generate_command),
     "pipeline-repo": Command(
@@ -166,11 +177,16 @@ COMMANDS = {
 
 GROUPS = {
     "data": "Where the images and the class names come from.",
+    "test set": "What the classifiers are tested (and validated) on.",
     "prompts": "The text prompts, and how they are made.",
     "LLM": "The OpenAI-compatible chat server that writes the sentences (the 'openai' backend).",
     "AGS": "Adaptive Guidance Scaling: how each synthetic image's IP-Adapter weight λ is drawn from its real image's "
     "CLIPScore (the README's 'Which AGS mode' says which to use).",
     "sampling": "How each image is denoised.",
+    "classifier": "The frozen backbone and its input.",
+    "training": "How the linear heads train, how often, and which epoch they report.",
+    "cache": "The backbone's features, cached on disk, and the work around them.",
+    "diversity": "CLIP-I and LPIPS of the synthetic images (the paper's Table 1).",
     "output": "Where the result goes.",
     "models": "Hub ids or local folders of the models.",
 }
@@ -206,7 +222,8 @@ class DaldaArgumentParser(HfArgumentParser):
 
     def __init__(self, dataclass_types, **kwargs):
         self._groups: dict[str, argparse._ArgumentGroup] = {}
-        super().__init__(dataclass_types, formatter_class=_HelpFormatter, **kwargs)
+        # No prefix matching: `--class_names` must not be read as `--class_names_file`.
+        super().__init__(dataclass_types, formatter_class=_HelpFormatter, allow_abbrev=False, **kwargs)
         # argparse has no public way to drop a heading: the groups this command left empty are removed here.
         empty = [group for group in self._groups.values() if not group._group_actions]
         self._action_groups = [group for group in self._action_groups if group not in empty]
@@ -293,16 +310,35 @@ def parse_options(name: str, options: list[str]) -> tuple[tuple[Any, ...], Calla
         description=COMMANDS[name].help,
     )
     takes_ags = AGSArguments in arguments  # only then are the old AGS names read
+    names = [field.name for dataclass in arguments for field in fields(dataclass) if field.init]
     if len(options) == 1 and options[0].endswith((".json", ".yaml", ".yml")):
         config = _read_config(options[0])
-        parsed = parser.parse_dict(_renamed_keys(config, options[0]) if takes_ags else config)
+        config = _renamed_keys(config, options[0]) if takes_ags else config
+        _refuse_unknown([key for key in config if key not in names], names, f"in {options[0]!r}", prefix="")
+        parsed = parser.parse_dict(config)
         _check_choices(parsed)
         return parsed, run
-    return parser.parse_args_into_dataclasses(_renamed_options(options) if takes_ags else options), run
+    options = _renamed_options(options) if takes_ags else options
+    _refuse_unknown(parser.parse_known_args(options)[1], names, "")  # before the options' own checks run
+    return parser.parse_args_into_dataclasses(options), run
+
+
+def _refuse_unknown(unknown: list[str], names: list[str], where: str, prefix: str = "--") -> None:
+    """Refuses options the command does not have, naming the first and the nearest real one."""
+    if not unknown:
+        return
+    first = unknown[0]
+    if prefix and not first.startswith("-"):
+        raise ValueError(f"unexpected value {first!r}: every value follows the option it belongs to.")
+    name = first.lstrip("-").split("=")[0].replace("-", "_")
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+    hint = f"; did you mean {prefix}{close[0]}?" if close else "; `--help` lists them."
+    where = f" {where}" if where else ""
+    raise ValueError(f"unknown option {prefix}{name}{where}{hint}")
 
 
 def _usage() -> str:
-    lines = ["usage: dalda <command> [options | config.json | config.yaml] [--debug]", "", "commands:"]
+    lines = ["usage: dalda <command> [options | config.json | config.yaml] [--verbose] [--debug]", "", "commands:"]
     lines += [f"  {name:<15}{command.help}" for name, command in COMMANDS.items()]
     return "\n".join(lines + ["", "`dalda <command> --help` lists a command's options."])
 
@@ -317,16 +353,24 @@ def _one_line(error: BaseException) -> str:
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = DEBUG_FLAG in argv or os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")
-    argv = [option for option in argv if option != DEBUG_FLAG]
+    verbose = VERBOSE_FLAG in argv
+    argv = [option for option in argv if option not in (DEBUG_FLAG, VERBOSE_FLAG)]
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return
     name, options = argv[0], argv[1:]
     if name not in COMMANDS:
         raise SystemExit(f"dalda: unknown command {name!r}\n\n{_usage()}")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    if verbose:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    else:
+        handler.setFormatter(ConsoleFormatter())
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     try:
         parsed, run = parse_options(name, options)
+        if not verbose:
+            silence_known_chatter(diffusers=COMMANDS[name].uses_diffusers)
         run(*parsed)
     except (ValueError, OSError) as error:
         if debug:

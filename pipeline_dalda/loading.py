@@ -24,7 +24,7 @@ def load_dalda_pipeline(args: ModelArguments) -> DALDAPipeline:
     dtype = args.resolved_dtype()
     components = {}
     if args.vae:
-        components["vae"] = AutoencoderKL.from_pretrained(args.vae, torch_dtype=dtype)
+        components["vae"] = AutoencoderKL.from_pretrained(args.vae, dtype=dtype)
     if args.clip_score_model:
         # Always float32: a score within rounding of AGS's threshold must not change branch with the precision.
         components["clip_model"] = CLIPModel.from_pretrained(args.clip_score_model, dtype=torch.float32)
@@ -32,14 +32,12 @@ def load_dalda_pipeline(args: ModelArguments) -> DALDAPipeline:
     if not args.safety_checker:
         components.update(safety_checker=None, requires_safety_checker=False)
     logger.info("Loading %s", args.pretrained_model_name_or_path)
-    pipe = DALDAPipeline.from_pretrained(args.pretrained_model_name_or_path, torch_dtype=dtype, **components)
+    pipe = DALDAPipeline.from_pretrained(args.pretrained_model_name_or_path, dtype=dtype, **components)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, **DALDA_SCHEDULER_CONFIG)
     if args.ip_adapter:
         pipe.load_ip_adapter(
             args.ip_adapter, subfolder=args.ip_adapter_subfolder, weight_name=args.ip_adapter_weight_name
         )
-        # diffusers loads the image encoder in `pipe.dtype`, the first component's, which may be the float32 scorer.
-        pipe.image_encoder.to(dtype=dtype)
     pipe = pipe.to(args.resolved_device())
     if args.compile:
         pipe.unet = torch.compile(pipe.unet)

@@ -589,6 +589,13 @@ class DALDAPipeline(StableDiffusionPipeline):
         return self._scorer
 
     @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the pipeline denoises in: the UNet's. (`DiffusionPipeline.dtype` reports the first component's,
+        which can be the CLIP scoring model, kept in float32 whatever the pipeline's dtype; diffusers itself loads the
+        IP-Adapter's image encoder in `pipe.dtype`.)"""
+        return self.unet.dtype
+
+    @property
     def generation_size(self) -> int:
         """The side of the square images the UNet generates by default (512 for Stable Diffusion 1.x)."""
         return self.unet.config.sample_size * self.vae_scale_factor

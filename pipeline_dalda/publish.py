@@ -14,6 +14,7 @@ from huggingface_hub import HfApi, ModelCard, ModelCardData
 
 from .arguments import ModelArguments, PipelineRepoArguments
 from .atomic import create_output_dir
+from .data_files import data_file
 
 
 logger = logging.getLogger(__name__)
@@ -21,8 +22,9 @@ logger = logging.getLogger(__name__)
 PIPELINE_FILE = "pipeline.py"
 """The file diffusers loads from a pipeline repository or folder (its `CUSTOM_PIPELINE_FILE_NAME`)."""
 CARD_FILE = "README.md"
-CARD_TEMPLATE = Path(__file__).with_name("model_card_template.md")
-"""The card's Jinja template, package data beside this module."""
+CARD_TEMPLATE = "model_card.md"
+"""The card's Jinja template: the repository's top-level `model_card.md` (in an installed dalda, its copy under
+`<sys.prefix>/share/dalda/`)."""
 CARD_TAGS = ["diffusers", "stable-diffusion", "ip-adapter", "data-augmentation", "few-shot", "synthetic-data"]
 FOLDER_PLACEHOLDER = "path/to/this/folder"
 """What the card's `custom_pipeline=` shows when the repository id is not known yet."""
@@ -44,7 +46,7 @@ def render_model_card(repo_id: str | None = None) -> ModelCard:
     )
     return ModelCard.from_template(
         card_data,
-        template_path=str(CARD_TEMPLATE),
+        template_path=str(data_file(CARD_TEMPLATE, CARD_TEMPLATE, "model card template")),
         repo_id=repo_id or FOLDER_PLACEHOLDER,
         models=models,
         scheduler_config=DALDA_SCHEDULER_CONFIG,

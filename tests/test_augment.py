@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -168,6 +169,51 @@ def test_demo_runs_the_whole_loop(tmp_path):
     assert report["test_set"]["test_images"] == 3 * 6 and report["training"]["synthetic_images"] == 3 * 2 * 3
     assert "| real only |" in result.stdout and "accuracies mean nothing" in result.stdout
     assert "dalda augment --dataset" in result.stdout and "dalda evaluate --dataset" in result.stdout
+    assert_only_dalda_output(result.stderr)
+
+
+OWN_BARS = ("classes", "CLIPScore", "synthetic images", "real images", "test", "training features", "2 classifiers")
+"""The progress bars the demo draws itself."""
+
+
+def assert_only_dalda_output(stderr: str) -> None:
+    """Every line is one of dalda's own progress bars or its own log lines: no library's warning, deprecation,
+    loading or writing bar."""
+    lines = [line.strip() for line in stderr.replace("\r", "\n").splitlines() if line.strip()]
+    assert lines, "the demo reported no progress"
+    for line in lines:
+        if "%|" in line:
+            assert line.split(":")[0] in OWN_BARS, line
+        else:
+            assert not re.search(r"warn|deprecat|error|Loading (weights|pipeline)|float32|Writing|Generating", line,
+                                 re.IGNORECASE), line
+
+
+def test_verbose_brings_the_libraries_output_back(tmp_path):
+    quiet = run_dalda("tiny-models", "--output_dir", tmp_path / "quiet")
+    verbose = run_dalda("tiny-models", "--output_dir", tmp_path / "verbose", "--verbose")
+    assert quiet.returncode == verbose.returncode == 0, quiet.stderr[-2000:] + verbose.stderr[-2000:]
+    assert "Writing model shards" not in quiet.stderr and "Writing model shards" in verbose.stderr
+
+
+def test_known_chatter_is_dropped_and_real_warnings_pass(caplog, monkeypatch):
+    import logging
+
+    from pipeline_dalda.chatter import DATASETS_PROGRESS_SWITCH, silence_known_chatter
+
+    monkeypatch.setenv(DATASETS_PROGRESS_SWITCH, "1")
+    silence_known_chatter(diffusers=False)
+    caplog.set_level(logging.WARNING)
+    for name, message in (
+        ("transformers.utils.import_utils", "`CLIPImageProcessor` requires torchvision (not installed); falling back to"),
+        ("diffusers.models.modeling_utils", "There are modules in UNet2DConditionModel that should be kept in float32: []."),
+        ("diffusers.models.modeling_utils", "There are modules in UNet2DConditionModel that should be kept in float32: ['a']."),
+        ("transformers.utils.import_utils", "Some real problem."),
+    ):
+        logging.getLogger(name).warning(message)
+    assert [record.getMessage() for record in caplog.records] == [
+        "There are modules in UNet2DConditionModel that should be kept in float32: ['a'].", "Some real problem."
+    ]
 
 
 def encoded(image, format, **save):

@@ -147,6 +147,36 @@ def test_closed_sets_are_choices_and_augment_groups_its_options():
     assert "real images" in split_help["augment"] and "classes" in split_help["prompts"]
 
 
+@pytest.mark.parametrize(
+    "command, expected",
+    [
+        ("evaluate", ["options", "data", "test set", "classifier", "training", "cache", "diversity", "output"]),
+        ("compare", ["options", "data", "output"]),
+    ],
+)
+def test_the_evaluation_groups_its_options(command, expected):
+    parser, actions = option_actions(command)
+    headings = [line[:-1] for line in parser.format_help().splitlines() if line and line[0] != " " and line[-1] == ":"]
+    assert headings == expected
+    # Every option but --help sits under a heading of its own kind.
+    assert all(group.title != "options" or action.dest == "help"
+               for group in parser._action_groups for action in group._group_actions)
+
+
+def test_abbreviations_are_refused_and_unknown_options_named_with_the_nearest(tmp_path):
+    prefix = run_dalda("prompts", "--class_names", "a", "b", "--output", tmp_path / "bank.json")
+    assert prefix.returncode != 0 and not (tmp_path / "bank.json").exists()
+    assert "unknown option --class_names; did you mean --class_names_file?" in prefix.stderr
+    assert "HfArgumentParser" not in prefix.stderr
+    typo = run_dalda("augment", "--dataset", "x", "--output_dir", tmp_path / "out", "--num_shot", "3")
+    assert "unknown option --num_shot; did you mean --num_shots?" in typo.stderr and not (tmp_path / "out").exists()
+    stray = run_dalda("augment", "--dataset", "x", "y", "--output_dir", tmp_path / "out")
+    assert "unexpected value 'y'" in stray.stderr
+    config = tmp_path / "augment.json"
+    config.write_text(json.dumps({"dataset": "x", "output_dirr": "y"}))
+    assert f"unknown option output_dirr in {str(config)!r}; did you mean output_dir?" in run_dalda("augment", config).stderr
+
+
 def test_help_imports_no_heavy_library():
     """`--help` answers at once: no command imports torch, diffusers or datasets to list its options."""
     script = (
@@ -187,14 +217,15 @@ def test_old_mode_option_still_works_with_a_warning(tmp_path, caplog):
     assert ags.to_ags().mode == "fixed" and args.base_prompt and "`mode` is deprecated" in caplog.text
 
 
-def test_expected_failures_end_in_one_line(tiny_models, tmp_path):
+def test_expected_failures_end_in_one_line(tiny_models, pets, tmp_path):
     (tmp_path / "a-file").write_text("not a folder")
     augment = ["augment", *(f"--{key}={value}" for key, value in model_options(tiny_models).items()), "--base_prompt"]
+    dataset = pets / "dataset"  # the inputs are checked first: the output folder's errors need good ones
     cases = {
         "missing dataset": [*augment, "--dataset", "/no/such", "--output_dir", tmp_path / "out"],
-        "output is a file": [*augment, "--dataset", "/no/such", "--output_dir", tmp_path / "a-file"],
-        "output under a file": [*augment, "--dataset", "/no/such", "--output_dir", tmp_path / "a-file" / "out"],
-        "unwritable output": [*augment, "--dataset", "/no/such", "--output_dir", "/sys/dalda-out"],
+        "output is a file": [*augment, "--dataset", dataset, "--output_dir", tmp_path / "a-file"],
+        "output under a file": [*augment, "--dataset", dataset, "--output_dir", tmp_path / "a-file" / "out"],
+        "unwritable output": [*augment, "--dataset", dataset, "--output_dir", "/sys/dalda-out"],
         "prompts, missing dataset": ["prompts", "--dataset", "/no/such", "--output", tmp_path / "bank.json"],
         "bad choice": [*augment, "--dataset", "/no/such", "--output_dir", tmp_path / "out", "--ags_mode", "normal"],
     }

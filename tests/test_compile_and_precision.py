@@ -68,6 +68,7 @@ def test_bfloat16_generates_per_item_scales_and_scores_in_float32(tiny_models):
     half = load_dalda_pipeline(kit_model_args(tiny_models, device="cpu", dtype="bfloat16"))
     assert half.unet.dtype == torch.bfloat16 and half.image_encoder.dtype == torch.bfloat16
     assert half.clip_model.dtype == torch.float32
+    assert half.dtype == torch.bfloat16 and full.dtype == torch.float32  # the denoising dtype, not the scorer's
 
     def ags():  # fresh λ streams for every call: a call draws from them
         return {

@@ -14,7 +14,7 @@ import torch
 import yaml
 from transformers import CLIPModel, CLIPProcessor
 
-from dataset_builders.evaluation import diversity
+from pipeline_dalda import data_files
 from dataset_builders.evaluation.arguments import DiversityArguments
 from dataset_builders.evaluation.diversity import compute_diversity, diversity_table, metric_module_path
 from dataset_builders.hub_layout import output_features
@@ -213,8 +213,7 @@ def test_metric_module_path_finds_the_checkout_copy(name):
 def test_metric_module_path_falls_back_to_the_installed_copy(tmp_path, monkeypatch):
     installed = tmp_path / "prefix" / "share" / "dalda" / "metrics" / "clip_i"
     installed.mkdir(parents=True)
-    site_packages = tmp_path / "site-packages"
-    monkeypatch.setattr(diversity, "__file__", str(site_packages / "dataset_builders" / "evaluation" / "diversity.py"))
+    monkeypatch.setattr(data_files, "REPOSITORY_ROOT", tmp_path / "site-packages")
     monkeypatch.setattr(sys, "prefix", str(tmp_path / "prefix"))
     assert metric_module_path("clip_i") == installed
     with pytest.raises(FileNotFoundError, match="scripts/metrics/missing.*share/dalda/metrics/missing"):

@@ -107,3 +107,30 @@ def test_push_to_hub_uploads_the_pipeline_repo_and_never_the_token(tmp_path):
     assert hub.committed["README.md"] == (folder / "README.md").read_bytes()
     assert 'custom_pipeline="org/dalda-pipeline"' in hub.committed["README.md"].decode()
     assert SECRET_TOKEN not in result.stdout + result.stderr
+
+
+def test_the_top_level_model_card_is_what_pipeline_repo_renders_and_an_installed_dalda_finds_it(tmp_path):
+    """One source: the repository's `model_card.md` is the template; the rendered card is valid model-card
+    metadata; and `dalda` run from elsewhere (an installed package uses its copy under `<prefix>/share/dalda`)
+    renders the same card."""
+    import subprocess
+    import sys
+
+    checkout = Path(__file__).resolve().parents[1]
+    template = (checkout / "model_card.md").read_text(encoding="utf-8")
+    folder = write_pipeline_repo(tmp_path / "here", repo_id="org/dalda-pipeline")
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.to_dict()["pipeline_tag"] == "text-to-image" and card.data.base_model
+    body_start = template.split("---", 2)[2].strip().splitlines()[0]  # "# DALDA pipeline"
+    assert card.text.strip().startswith(body_start)
+    script = (
+        "import pipeline_dalda, sys; from pipeline_dalda.publish import write_pipeline_repo; "
+        f"write_pipeline_repo({str(tmp_path / 'elsewhere')!r}, repo_id='org/dalda-pipeline'); "
+        "print(pipeline_dalda.__file__)"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "elsewhere" / "README.md").read_text() == (folder / "README.md").read_text()
+    installed = not Path(result.stdout.strip()).resolve().is_relative_to(checkout)
+    if installed:  # CI installs with `pip install .`: the card must have come from the installed copy
+        assert Path(sys.prefix, "share", "dalda", "model_card.md").read_text(encoding="utf-8") == template

@@ -34,6 +34,20 @@ REFERENCE_METHOD = "DALDA (LLM + AGS)"
 class EvaluateArguments:
     """What `dalda evaluate` trains, on what, and where the report goes (defaults: the paper's protocol)."""
 
+    _option_groups = {
+        "data": ("dataset", "dataset_revision", "source_dataset"),
+        "test set": ("test_set", "test_split", "validation_fraction"),
+        "classifier": ("backbone", "normalization", "batch_norm", "image_size", "dtype", "device"),
+        "training": (
+            "epochs", "iterations_per_epoch", "batch_size", "learning_rate", "weight_decay",
+            "synthetic_probability", "real_only_baseline", "classifier_seeds", "select",
+        ),
+        "cache": ("feature_cache", "rotation_step", "cache_dir", "feature_batch_size", "num_workers"),
+        "diversity": ("diversity",),
+        "output": ("output_dir", "method_label"),
+    }
+    """The `--help` heading of each option (read by the `dalda` command line; other parsers ignore it)."""
+
     dataset: str = field(
         metadata={
             "help": "The augmented dataset: a folder written by `dalda augment`, or its Hub id. Written with "
@@ -187,6 +201,8 @@ class EvaluateArguments:
 class DiversityArguments:
     """How the diversity metrics are computed."""
 
+    _argument_group_name = "diversity"
+
     diversity_clip_model: str = field(
         default=DEFAULT_CLIP_MODEL,
         metadata={"help": "The CLIP checkpoint (CLIPModel + CLIPProcessor) whose image embeddings CLIP-I compares."},
@@ -210,6 +226,8 @@ class DiversityArguments:
 @dataclass
 class CompareArguments:
     """Which `dalda evaluate` reports `dalda compare` puts side by side, and where."""
+
+    _option_groups = {"data": ("runs",), "output": ("output_dir", "reference_method")}
 
     runs: list[str] = field(metadata={"help": "Folders written by `dalda evaluate` (each holds a results.json)."})
     output_dir: str = field(metadata={"help": "Where comparison.md and accuracy_vs_shots.png go."})

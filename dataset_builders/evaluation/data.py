@@ -35,7 +35,7 @@ from pipeline_dalda.images import BadImage, load_image
 from pipeline_dalda.seeding import stream
 
 from ..arguments import SourceArguments
-from ..hub_layout import RUN_RECORD, TRIAL_PREFIX, read_run_record
+from ..hub_layout import RUN_RECORD, TRIAL_PREFIX, read_run_record, shard_problem
 from ..source import check_dataset_exists, load_real_images, paper_split_halves
 from .arguments import TestSetKind
 from .features import PreparedImage
@@ -129,11 +129,24 @@ def _seed_of(name: str) -> int:
     return int(suffix) if suffix.lstrip("-").isdigit() else 0
 
 
+def check_shards(folder: str | os.PathLike) -> None:
+    """Fails, naming the file and what to do, when a shard of a local dataset folder is damaged."""
+    for shard in sorted(Path(folder, "data").glob("train-*.parquet")):
+        problem = shard_problem(shard)
+        if problem:
+            raise ValueError(
+                f"The shard {str(shard)!r} is damaged ({problem}). Run the `dalda augment` command that wrote "
+                f"{str(folder)!r} again: it checks every shard and makes a damaged one again, with the same rows."
+            )
+
+
 def find_trials(path: str, revision: str | None = None) -> list[TrialLocation]:
     """The trials of an augmented dataset: its `seed_<s>` folders (Hub configurations) when `dalda augment --seeds`
-    wrote it, in seed order, else the dataset itself as one trial. Fails, naming `path`, when it holds neither."""
+    wrote it, in seed order, else the dataset itself as one trial. Fails, naming `path`, when it holds neither, and
+    naming the file when a local shard is damaged."""
     if os.path.isdir(path):
         if Path(path, "data").is_dir():
+            check_shards(path)
             return [TrialLocation(path)]
         folders = sorted(
             (folder for folder in Path(path).glob(f"{TRIAL_PREFIX}*") if Path(folder, "data").is_dir()),
@@ -144,6 +157,8 @@ def find_trials(path: str, revision: str | None = None) -> list[TrialLocation]:
                 f"{path!r} holds no data/ shards and no trial folders ({TRIAL_PREFIX}<seed>/); is it a folder written "
                 "by `dalda augment`?"
             )
+        for folder in folders:
+            check_shards(folder)
         return [TrialLocation(str(folder)) for folder in folders]
     check_dataset_exists(path)
     try:
@@ -166,6 +181,7 @@ def load_augmented_dataset(path: str, revision: str | None = None, config: str |
             raise ValueError(
                 f"{path!r} holds no data/train-*.parquet shards; is it a folder written by `dalda augment`?"
             )
+
         dataset = datasets.load_dataset("parquet", data_files={"train": shards}, split="train")
     else:
         try:

@@ -12,12 +12,13 @@ The Table 1 columns are `clip_i_to_source` and `lpips_within_source` (the defini
 """
 
 import logging
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
 import datasets
 import torch
+
+from pipeline_dalda.data_files import data_file
 
 from .arguments import DiversityArguments
 
@@ -29,23 +30,43 @@ _COLUMNS = ["is_synthetic", "source_index", "label"]
 
 def metric_module_path(name: str) -> Path:
     """
-    The folder of the evaluate module `name`, for `evaluate.load(str(path))`.
-
-    A checkout has it in `scripts/metrics/<name>`; an installed dalda (`pip install .`, which leaves `scripts/`
-    behind) has it in `<sys.prefix>/share/dalda/metrics/<name>`, put there by pyproject's data-files.
+    The folder of the evaluate module `name`, for `evaluate.load(str(path))`: `scripts/metrics/<name>` in a checkout,
+    `<sys.prefix>/share/dalda/metrics/<name>` in an installed dalda ([`pipeline_dalda.data_files.data_file`]).
 
     Args:
         name: the module's folder name, e.g. `"clip_i"` or `"lpips_diversity"`.
     """
-    checkout = Path(__file__).resolve().parents[2] / "scripts" / "metrics" / name
-    if checkout.is_dir():
-        return checkout
-    installed = Path(sys.prefix, "share", "dalda", "metrics", name)
-    if installed.is_dir():
-        return installed
-    raise FileNotFoundError(
-        f"No evaluate module {name!r}: looked in {checkout} (a source checkout) and {installed} (an installed dalda)."
-    )
+    return data_file(f"scripts/metrics/{name}", f"metrics/{name}", f"evaluate module {name!r}")
+
+
+def check_diversity_requirements(args: DiversityArguments) -> None:
+    """Fails at once, before any classifier trains, when the diversity metrics could not run, saying what is missing
+    and what to do: the `diversity` extra, the CLIP model of CLIP-I, or LPIPS's ImageNet backbone weights (which
+    torchvision downloads once)."""
+    try:
+        import evaluate  # noqa: F401
+        import lpips
+    except ImportError as error:
+        raise ValueError(f"The diversity metrics need the `diversity` extra ({error}): pip install 'dalda[diversity]'.")
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(args.diversity_clip_model)
+    except (OSError, ValueError) as error:
+        raise ValueError(
+            f"CLIP-I's model {args.diversity_clip_model!r} cannot be loaded ({error}); give a local copy with "
+            "`diversity_clip_model`."
+        ) from error
+    if args.lpips_pretrained_backbone:
+        try:
+            lpips.LPIPS(net=args.lpips_net, pretrained=True, pnet_rand=False, verbose=False)
+        except Exception as error:  # the download's failure: URLError, HTTPError, OSError, RuntimeError, ...
+            raise ValueError(
+                f"LPIPS needs the ImageNet weights of its {args.lpips_net!r} backbone, which torchvision downloads "
+                f"once into {Path(torch.hub.get_dir(), 'checkpoints')} and could not ({type(error).__name__}: "
+                f"{error}). Put the file there from a machine with network access, or pass "
+                "`--no_lpips_pretrained_backbone` for a smoke test (its LPIPS values mean nothing)."
+            ) from error
 
 
 def compute_diversity(dataset: datasets.Dataset, args: DiversityArguments, device: str | torch.device = "cpu") -> dict:

@@ -39,7 +39,7 @@ from .data import (
     load_evaluation_splits,
     prepare_images,
 )
-from .diversity import compute_diversity, diversity_table
+from .diversity import check_diversity_requirements, compute_diversity, diversity_table
 from .features import FeatureCache, FeatureExtractor, PreparedImage, RenderedFeatures, TrainModeBatchNormFeatures
 from .metrics import select_epochs
 from .report import write_report
@@ -309,6 +309,9 @@ def evaluate_augmented_dataset(args: EvaluateArguments, diversity_args: Diversit
     """Runs every trial (and, with `args.diversity`, the diversity metrics) and writes the report to
     `args.output_dir`; returns the results (as in results.json)."""
     locations = find_trials(args.dataset, args.dataset_revision)  # before anything is created
+    diversity_args = diversity_args or DiversityArguments()
+    if args.diversity:
+        check_diversity_requirements(diversity_args)  # before the training, not after it
     if len(locations) > 1 and args.classifier_seeds is not None:
         raise ValueError(
             f"{args.dataset!r} holds {len(locations)} trials, each of which seeds its classifier with its own seed; "
@@ -372,8 +375,16 @@ def evaluate_augmented_dataset(args: EvaluateArguments, diversity_args: Diversit
         "recipe": asdict(recipe),
         "image_size": args.image_size,
     }
-    if args.diversity:
-        diversity = trial_diversity(trials, diversity_args or DiversityArguments(), device)
-        label = args.method_label or method_label(trials[0].splits.recorded)
-        context["diversity"] = {**diversity, "table": diversity_table([(label, diversity)])}
+    results = write_report(args, records, context)  # the classifiers' report is kept whatever comes next
+    if not args.diversity:
+        return results
+    try:
+        diversity = trial_diversity(trials, diversity_args, device)
+    except Exception as error:
+        raise ValueError(
+            f"The diversity metrics failed ({type(error).__name__}: {error}); the classifiers' report is written in "
+            f"{args.output_dir!r}."
+        ) from error
+    label = args.method_label or method_label(trials[0].splits.recorded)
+    context["diversity"] = {**diversity, "table": diversity_table([(label, diversity)])}
     return write_report(args, records, context)
