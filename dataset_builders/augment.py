@@ -566,7 +566,7 @@ def augment_trials(
     Returns `{seed: run summary}` on the main process, None on the others.
     """
     state = PartialState(cpu=method_models(args, model_args).resolved_device().type == "cpu")
-    load_real_images(source_args)  # a missing dataset is refused before anything is created
+    class_prompts(args, load_real_images(source_args).class_names)  # bad inputs are refused before anything is made
     shared = run_settings(source_args, replace(args, seeds=None), model_args, ags)
     root = create_output_dir(args.output_dir)
     shared["generation"].pop("seed")

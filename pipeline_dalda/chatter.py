@@ -2,9 +2,8 @@
 the user asked for and its own progress; `--verbose` leaves everything as the libraries print it.
 
 Silenced:
-- the progress bars of huggingface_hub and transformers (loading and writing weights), through their own switches,
-  and of datasets (reading a folder, writing parquet), through its environment switch (set only where the user has
-  not set it);
+- the progress bars of transformers (loading and writing weights) and of datasets (reading a folder, writing
+  parquet), through their own switches (datasets' set only where the user has not set it); a download's bar stays;
 - diffusers' "Loading pipeline components..." bar;
 - these messages, and nothing else of their loggers: transformers' notice that an image processor falls back to its
   PIL variant without torchvision, and diffusers' "modules that should be kept in float32: []" (an empty list, said
@@ -48,9 +47,11 @@ class _DropMessages(logging.Filter):
 def silence_known_chatter(diffusers: bool = True) -> None:
     """Silences the output listed in the module docstring. Call it before datasets is imported (its switch is read
     then); `diffusers=False` leaves diffusers unimported, for commands that do not use it."""
+    from huggingface_hub.utils import enable_progress_bars
     from transformers.utils import logging as transformers_logging
 
-    transformers_logging.disable_progress_bar()  # and huggingface_hub's
+    transformers_logging.disable_progress_bar()  # which turns huggingface_hub's off too: downloads keep theirs
+    enable_progress_bars()
     os.environ.setdefault(DATASETS_PROGRESS_SWITCH, "1")
     for name, fragments in KNOWN_MESSAGES.items():
         logging.getLogger(name).addFilter(_DropMessages(fragments))

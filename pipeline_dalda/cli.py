@@ -319,18 +319,24 @@ def parse_options(name: str, options: list[str]) -> tuple[tuple[Any, ...], Calla
         _check_choices(parsed)
         return parsed, run
     options = _renamed_options(options) if takes_ags else options
-    _refuse_unknown(parser.parse_known_args(options)[1], names, "")  # before the options' own checks run
+    moved = {name: where for dataclass in arguments for name, where in getattr(dataclass, "_moved_options", {}).items()}
+    _refuse_unknown(parser.parse_known_args(options)[1], names, "", moved=moved)  # before the options' own checks
     return parser.parse_args_into_dataclasses(options), run
 
 
-def _refuse_unknown(unknown: list[str], names: list[str], where: str, prefix: str = "--") -> None:
-    """Refuses options the command does not have, naming the first and the nearest real one."""
+def _refuse_unknown(
+    unknown: list[str], names: list[str], where: str, prefix: str = "--", moved: dict[str, str] | None = None
+) -> None:
+    """Refuses options the command does not have, naming the first and the nearest real one (or, for an option that
+    is gone, where its job went)."""
     if not unknown:
         return
     first = unknown[0]
     if prefix and not first.startswith("-"):
         raise ValueError(f"unexpected value {first!r}: every value follows the option it belongs to.")
     name = first.lstrip("-").split("=")[0].replace("-", "_")
+    if name in (moved or {}):
+        raise ValueError(f"there is no option {prefix}{name} any more: {moved[name]}.")
     close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
     hint = f"; did you mean {prefix}{close[0]}?" if close else "; `--help` lists them."
     where = f" {where}" if where else ""

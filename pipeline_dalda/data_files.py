@@ -2,9 +2,10 @@
 top of the repository) and the `evaluate` modules (`scripts/metrics/<name>`).
 
 A source checkout has them in the repository; `pip install .` copies them to `<sys.prefix>/share/dalda/` (pyproject's
-data-files), where an installed `dalda` finds them.
+data-files; `pip install --user` to `<user base>/share/dalda/`), where an installed `dalda` finds them.
 """
 
+import site
 import sys
 from pathlib import Path
 
@@ -24,7 +25,10 @@ def data_file(checkout_path: str, installed_path: str, what: str) -> Path:
     checkout = REPOSITORY_ROOT / checkout_path
     if checkout.exists():
         return checkout
-    installed = Path(sys.prefix, "share", "dalda", installed_path)
-    if installed.exists():
-        return installed
-    raise FileNotFoundError(f"No {what}: looked in {checkout} (a source checkout) and {installed} (an installed dalda).")
+    installed = [Path(prefix, "share", "dalda", installed_path) for prefix in (sys.prefix, site.getuserbase())]
+    for path in installed:
+        if path.exists():
+            return path
+    raise FileNotFoundError(
+        f"No {what}: looked in {checkout} (a source checkout) and {', '.join(map(str, installed))} (an installed dalda)."
+    )

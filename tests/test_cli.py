@@ -170,6 +170,8 @@ def test_abbreviations_are_refused_and_unknown_options_named_with_the_nearest(tm
     assert "HfArgumentParser" not in prefix.stderr
     typo = run_dalda("augment", "--dataset", "x", "--output_dir", tmp_path / "out", "--num_shot", "3")
     assert "unknown option --num_shot; did you mean --num_shots?" in typo.stderr and not (tmp_path / "out").exists()
+    moved = run_dalda("evaluate", "--dataset", "x", "--output_dir", tmp_path / "out", "--seeds", "0", "1")
+    assert "there is no option --seeds any more: the paper's trials are now made by `dalda augment --seeds" in moved.stderr
     stray = run_dalda("augment", "--dataset", "x", "y", "--output_dir", tmp_path / "out")
     assert "unexpected value 'y'" in stray.stderr
     config = tmp_path / "augment.json"

@@ -167,6 +167,19 @@ def test_compare_pools_trials_and_refuses_methods_drawn_differently(colours, tin
     assert "Paired over trials (each its own draw of shots, synthetic images and classifier) (n = 2)" in markdown
     with pytest.raises(ValueError, match="both evaluate trial 0 .classifier seed 0. of Wrong labels"):
         compare_runs(CompareArguments(runs=[str(runs["wrong", 0])] * 2, output_dir=str(tmp_path / "twice")))
+    # A method without the real-only arm, listed first: "Real only" comes from a method that trained it on every
+    # trial, and Table 3 pairs over the same trials; a method alone in its column has nothing to be tested against.
+    for seed in (0, 1):
+        evaluate(Path(colours["wrong"], trial_name(seed)), tmp_path / f"bare-{seed}", tiny_models.clip_scorer,
+                 method_label="Wrong labels", real_only_baseline=False)
+    mixed = compare_runs(CompareArguments(
+        runs=[str(tmp_path / "bare-0"), str(tmp_path / "bare-1"), str(runs["good", 0]), str(runs["good", 1])],
+        output_dir=str(tmp_path / "mixed"),
+    ))
+    assert "| Real only |" in mixed and "(n = 2)" in mixed
+    alone = compare_runs(CompareArguments(runs=[str(tmp_path / "bare-0")], output_dir=str(tmp_path / "alone"),
+                                          reference_method="Wrong labels"))
+    assert "| Wrong labels |" in alone and "against each method" not in alone
     # The same seeds, but shots drawn by the paper's protocol: another draw, refused in one column.
     source = colours["root"] / "source"
     labels = colours["labels"]
@@ -603,3 +616,13 @@ def test_the_feature_cache_misses_when_what_a_feature_depends_on_changes(colours
     other_normalisation = run("other-normalisation", normalization="processor")
     assert len(first) == 1 and first < other_weights < other_size < other_normalisation
     assert len(other_normalisation) == 4
+
+
+def test_an_unfinished_trial_is_refused(colours, tiny_models, tmp_path):
+    import shutil
+
+    folder = tmp_path / "trials"
+    shutil.copytree(colours["good"], folder)
+    (folder / trial_name(2) / "dalda.json").unlink()  # written last: this trial's run did not finish
+    with pytest.raises(ValueError, match="seed_2' is not finished .* run the `dalda augment` command"):
+        evaluate(folder, tmp_path / "eval", tiny_models.clip_scorer)

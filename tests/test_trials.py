@@ -64,6 +64,12 @@ def test_a_rerun_resumes_and_other_settings_are_refused(trials, tiny_models, pet
     assert not (output / "seed_2").exists()
 
 
+def test_a_bad_prompt_bank_leaves_no_folder_of_trials(tiny_models, pets, tmp_path):
+    with pytest.raises(ValueError, match="has fewer than 5 prompts"):
+        augment(tiny_models, pets, tmp_path / "trials", num_shots=1, seeds=[0, 1], num_prompts=5)
+    assert not (tmp_path / "trials").exists()  # so the corrected command starts afresh, not refused
+
+
 def test_evaluate_tests_each_trial_on_its_own_second_half(trials, tiny_models, tmp_path):
     output, _ = trials
     results = evaluate_augmented_dataset(

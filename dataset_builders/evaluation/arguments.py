@@ -47,6 +47,11 @@ class EvaluateArguments:
         "output": ("output_dir", "method_label"),
     }
     """The `--help` heading of each option (read by the `dalda` command line; other parsers ignore it)."""
+    _moved_options = {
+        "seeds": "the paper's trials are now made by `dalda augment --seeds 0 1 2` (each trial its own shots and "
+        "synthetic images, all evaluated together); `--classifier_seeds` repeats only the classifier on one draw"
+    }
+    """Options that are gone, with where their job went (read by the `dalda` command line)."""
 
     dataset: str = field(
         metadata={

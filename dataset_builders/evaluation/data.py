@@ -130,7 +130,13 @@ def _seed_of(name: str) -> int:
 
 
 def check_shards(folder: str | os.PathLike) -> None:
-    """Fails, naming the file and what to do, when a shard of a local dataset folder is damaged."""
+    """Fails, naming the folder or the file and what to do, when a local dataset folder is unfinished (its run record
+    is written last) or one of its shards is damaged."""
+    if not Path(folder, RUN_RECORD).is_file():
+        raise ValueError(
+            f"{str(folder)!r} is not finished (it has no {RUN_RECORD}, which `dalda augment` writes when it is done); "
+            "run the `dalda augment` command that wrote it again to finish it."
+        )
     for shard in sorted(Path(folder, "data").glob("train-*.parquet")):
         problem = shard_problem(shard)
         if problem:

@@ -176,7 +176,8 @@ class RenderedFeatures:
 class TrainModeBatchNormFeatures(RenderedFeatures):
     r"""
     The released code's ResNet-50 classifier: frozen weights, **batch-norm layers in training mode** while the head
-    trains, running statistics at test time.
+    trains, running statistics at test time. (The released code puts its whole ResNet-50 in training mode; ResNet-50
+    has no dropout, so only its batch norm acts differently, and only batch norm is switched here.)
 
     The released `train_classifier.py` calls `model.train()` and runs the backbone under `torch.no_grad()`: each step
     normalises with its own batch's statistics (half of an augmented batch synthetic) and moves the running
@@ -200,12 +201,15 @@ class TrainModeBatchNormFeatures(RenderedFeatures):
                 for item, flip, angle in zip(step.items[0].tolist(), step.flips[0], step.angles[0])
             ]
         )
-        model = extractor.backbone.model
-        model.train()
+        # Only the batch-norm layers train: a backbone's dropout or drop-path, if it has any, stays off.
+        batch_norms = [m for m in extractor.backbone.model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        for layer in batch_norms:
+            layer.train()
         try:
             return extractor.backbone.features(pixels).cpu().unsqueeze(0)
         finally:
-            model.eval()
+            for layer in batch_norms:
+                layer.eval()
 
     def identity_features(self, images: Sequence[PIL.Image.Image]) -> torch.Tensor:
         """Test-time features (identity view, running statistics) of `images`, as the classifier now stands."""

@@ -146,11 +146,11 @@ def results_markdown(results: dict) -> str:
         f"| {trained_on} ({results['method']}, p = {settings['synthetic_probability']}) | "
         f"{_figure(figures['augmented']['balanced_accuracy'])} | {_figure(figures['augmented']['top1'])} |"
     )
-    paired_over = {"trials": "trials", "classifier repeats": "classifier repeats"}.get(results["repeats"], "trial")
+    paired = {"trials": "paired over trials", "classifier repeats": "paired over classifier repeats"}
     if "difference" in figures:
         lines.append(
-            f"| difference, paired over {paired_over} | {_difference(figures['difference']['balanced_accuracy'])} | "
-            f"{_difference(figures['difference']['top1'])} |"
+            f"| difference, {paired.get(results['repeats'], 'one trial')} | "
+            f"{_difference(figures['difference']['balanced_accuracy'])} | {_difference(figures['difference']['top1'])} |"
         )
     classifiers = results["per_classifier"]
     lines += [
@@ -415,7 +415,7 @@ def _pool(run: str, results: dict, pooled: PooledMethod, where: str) -> None:
         arm = pooled.arms[record["arm"]]
         if unit in arm:
             raise ValueError(
-                f"{pooled.runs[0]!r} and {run!r} both evaluate trial {unit[0]} (classifier seed {unit[1]}) of "
+                f"{(pooled.runs or [run])[0]!r} and {run!r} both evaluate trial {unit[0]} (classifier seed {unit[1]}) of "
                 f"{where}; give each trial once, or `method_label`s that tell the runs apart."
             )
         arm[unit] = record
@@ -480,15 +480,16 @@ def load_comparison(runs: list[str], reference_method: str = REFERENCE_METHOD) -
             _check_same_draws(column, shots, methods)
             rule = select[(*column, shots)]
             values = {method: pooled.values("augmented", rule) for method, pooled in methods.items()}
-            first = next(iter(methods.values()))
-            if first.arms["real_only"]:
-                values = {REAL_ONLY: first.values("real_only", rule), **values}
+            units = sorted(next(iter(methods.values())).arms["augmented"])
+            # The real-only baseline from a method that trained it on every trial (they share the draws).
+            baseline = next((m for m in methods.values() if sorted(m.arms["real_only"]) == units), None)
+            if baseline is not None:
+                values = {REAL_ONLY: baseline.values("real_only", rule), **values}
             comparison.cells.setdefault(column, {})[shots] = {
                 method: mean_and_std([by_unit[unit] for unit in sorted(by_unit)]) for method, by_unit in values.items()
             }
-            units = sorted(first.arms["augmented"])
             comparison.repeats.setdefault(column, {})[shots] = repeats_kind([u[0] for u in units], [u[1] for u in units])
-            if reference_method in values:
+            if reference_method in values and len(values) > 1:
                 reference = values[reference_method]
                 comparison.tests.setdefault(column, {})[shots] = [
                     (method, paired_difference([reference[u] for u in units], [by_unit[u] for u in units]))
@@ -547,7 +548,8 @@ def comparison_markdown(comparison: Comparison) -> str:
                     f"| {method} | {_figure(table[column][shots][method])} | {difference['mean']:+.4f}{interval} | "
                     f"{p_value} |"
                 )
-            lines += ["", f"Paired over {_OVER[comparison.repeats[column][shots]]} (n = {difference['n']}).", ""]
+            pairs = comparison.tests[column][shots][0][1]["n"]
+            lines += ["", f"Paired over {_OVER[comparison.repeats[column][shots]]} (n = {pairs}).", ""]
     if comparison.diversity:
         lines += ["## Diversity", "", diversity_table(comparison.diversity), ""]
     return "\n".join(lines)

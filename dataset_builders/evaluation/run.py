@@ -261,10 +261,9 @@ def train_classifiers(
         features_of = CachedFeatures(table, device)
     else:
         features_of = RenderedFeatures(extractor, [image.image for image in images])
-    score = held_out_scorer(
-        [trials[c.trial].test.features.to(device) for c in classifiers],
-        [trials[c.trial].validation.features.to(device) if trials[c.trial].validation else None for c in classifiers],
-    )
+    tests = [trial.test.features.to(device) for trial in trials]  # once per trial, shared by its classifiers
+    validations = [trial.validation.features.to(device) if trial.validation else None for trial in trials]
+    score = held_out_scorer([tests[c.trial] for c in classifiers], [validations[c.trial] for c in classifiers])
     return train_linear_heads(
         StackedLinearHeads(heads),
         recipe,
