@@ -5,7 +5,9 @@ kit's hand-written datasets stay what `dalda augment` writes."""
 
 import json
 import os
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import datasets
@@ -19,7 +21,7 @@ from dataset_builders.hub_layout import WORK_DIR
 from dataset_builders.source import paper_split_halves, select_few_shot
 from dataset_builders.testing import augment_run_settings, write_augmented_dataset
 
-from .helpers import PETS_CLASSES, augment, dalda_command, kit_model_args
+from .helpers import PETS_CLASSES, assert_same_dataset, augment, dalda_command, kit_model_args
 from .hub_server import SECRET_TOKEN, HubServer
 
 
@@ -133,3 +135,32 @@ def test_the_data_kits_datasets_are_what_dalda_augment_writes(augmented, pets, t
         recorded = json.loads((output / record).read_text())
         recorded["generation"].pop("prompt_bank_sha256")  # the fixture's run used a prompt bank, the kit's does not
         assert shape(json.loads((written / record).read_text())) == shape(recorded), record
+
+
+@pytest.mark.skipif(shutil.which("accelerate", path=str(Path(sys.executable).parent)) is None,
+                    reason="accelerate's launcher is not installed")
+def test_two_accelerate_processes_make_the_same_trials(trials, tiny_models, pets, tmp_path):
+    output, _ = trials
+    config = {
+        **vars(kit_model_args(tiny_models)),
+        "dataset": str(pets / "dataset"), "num_shots": 1, "shot_selection": "paper", "seeds": [0, 1],
+        "prompt_bank": str(pets / "bank.json"), "num_prompts": 2, "num_inference_steps": 2, "batch_size": 3,
+        "real_images_per_shard": 1, "output_dir": str(tmp_path / "two-processes"),
+    }
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    command = [
+        str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "-m", "pipeline_dalda.cli", "augment", str(tmp_path / "config.json"),
+    ]
+    result = subprocess.run(command, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for seed in (0, 1):
+        trial = tmp_path / "two-processes" / f"seed_{seed}"
+        writers = {json.loads(path.read_text())["process"] for path in (trial / WORK_DIR / "reports").glob("*.json")}
+        assert writers == {0, 1}
+        assert_same_dataset(
+            datasets.load_dataset(str(output / f"seed_{seed}"), split="train"),
+            datasets.load_dataset(str(trial), split="train"),
+        )
+    assert datasets.get_dataset_config_names(str(tmp_path / "two-processes")) == ["seed_0", "seed_1"]
