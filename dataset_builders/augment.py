@@ -38,7 +38,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple, Protocol
+from typing import Any, Callable, Iterator, NamedTuple, Protocol
 
 import datasets
 import PIL.Image
@@ -451,11 +451,21 @@ def run_settings(
     return resolved_settings(settings)
 
 
+PipelineLoader = Callable[[ModelArguments], DALDAPipeline]
+
+
 def augment_dataset(
-    source_args: SourceArguments, args: AugmentArguments, model_args: ModelArguments, ags: AdaptiveGuidanceScaling
+    source_args: SourceArguments,
+    args: AugmentArguments,
+    model_args: ModelArguments,
+    ags: AdaptiveGuidanceScaling,
+    load_pipeline: PipelineLoader = load_dalda_pipeline,
 ) -> dict[str, Any] | None:
     """Runs the whole job in this process's share; the main process then writes the card (and pushes). With
     `args.seeds`, runs one trial per seed ([`augment_trials`]).
+
+    Args:
+        load_pipeline: loads the pipeline, when this process has work for it.
 
     Returns the run summary on the main process, None on the others.
     """
@@ -499,7 +509,7 @@ def augment_dataset(
         if mine or (state.is_main_process and not scores_file.exists()):
             if model_args.device == "auto":
                 model_args.device = str(state.device)
-            pipe = load_dalda_pipeline(model_args)
+            pipe = load_pipeline(model_args)
             pipe.set_progress_bar_config(disable=True)
         if state.is_main_process and not scores_file.exists():
             write_json_atomically(scores_file, score_real_images(pipe, real, selected, source_args, args))
@@ -553,6 +563,18 @@ def push_finished(output_dir: Path, args: AugmentArguments) -> None:
         ) from error
 
 
+def loaded_once(load: PipelineLoader) -> PipelineLoader:
+    """`load`, run by the first call only: every later call returns the pipeline it loaded."""
+    loaded: list[DALDAPipeline] = []
+
+    def load_once(model_args: ModelArguments) -> DALDAPipeline:
+        if not loaded:
+            loaded.append(load(model_args))
+        return loaded[0]
+
+    return load_once
+
+
 def augment_trials(
     source_args: SourceArguments, args: AugmentArguments, model_args: ModelArguments, ags: AdaptiveGuidanceScaling
 ) -> dict[str, Any] | None:
@@ -575,10 +597,11 @@ def augment_trials(
     state.wait_for_everyone()
     ensure_same_settings(root / WORK_DIR / "run.json", shared, work=root)
     summaries = {}
+    load_pipeline = loaded_once(load_dalda_pipeline)  # the trials share one model: loaded once, by the first
     for seed in args.seeds:
         logger.info("Trial %d of %d: seed %d", len(summaries) + 1, len(args.seeds), seed)
         trial = replace(args, seed=seed, seeds=None, output_dir=str(root / trial_name(seed)), push_to_hub=None)
-        summaries[seed] = augment_dataset(source_args, trial, model_args, ags)
+        summaries[seed] = augment_dataset(source_args, trial, model_args, ags, load_pipeline)
     if not state.is_main_process:
         return None
     write_trials_card(root, summaries)

@@ -145,7 +145,7 @@ class LabelledFeatures:
     def scores(self, head: torch.nn.Linear) -> tuple[float, float]:
         """(balanced accuracy, top-1) of the head's predictions."""
         with torch.no_grad():
-            predictions = head(self.features.to(head.weight.device)).argmax(dim=1).cpu().numpy()
+            predictions = head(self.features).argmax(dim=1).cpu().numpy()
         return balanced_accuracy(predictions, self.labels), top1_accuracy(predictions, self.labels)
 
 
