@@ -134,3 +134,19 @@ def test_batched_heads_train_as_one_training_per_head(optimizer):
     # Or the comparison proves nothing: the heads did train, and differently.
     losses = np.array([[r["train_loss"] for r in history] for history in batched])
     assert len({tuple(np.round(row, 6)) for row in losses}) == len(tasks) and (losses[:, -1] < losses[:, 0]).all()
+
+
+def test_the_closed_form_gradient_is_autograds():
+    """`cross_entropy_gradients` against autograd on `cross_entropy(head(x), y)`, head by head: losses and both
+    gradients (Adam would hide a wrong scale, so the gradients are compared themselves)."""
+    torch.manual_seed(0)
+    heads = [torch.nn.Linear(16, 5) for _ in range(3)]
+    features, targets = torch.randn(3, 8, 16), torch.randint(0, 5, (3, 8))
+    stacked = StackedLinearHeads(heads)
+    losses = stacked.cross_entropy_gradients(features, targets)
+    for index, head in enumerate(heads):
+        per_item = torch.nn.functional.cross_entropy(head(features[index]), targets[index], reduction="none")
+        per_item.mean().backward()
+        torch.testing.assert_close(losses[index], per_item.detach())
+        torch.testing.assert_close(stacked.weight_t.grad[index], head.weight.grad.T)
+        torch.testing.assert_close(stacked.bias.grad[index], head.bias.grad)
