@@ -2,7 +2,8 @@
 
 By default it answers like a well-behaved LLM: for every class asked, the requested number of sentences naming it;
 a test can give it another `model` that reads the request. Tests queue faults (HTTP errors, bad content, altered
-answers, answers held back) that the next requests get instead, and read back every request it received.
+answers, answers held back) that the next requests get instead, and read back every request it received and the most
+requests it was answering at once (with `reply_delay`, every answer takes that long, so that requests can overlap).
 """
 
 import json
@@ -56,12 +57,15 @@ Model = Callable[[dict[str, Any], int], dict[str, list[str]]]  # (request body, 
 
 
 class ChatServer(LoopbackServer):
-    def __init__(self, model: Model = good_answer, reject_json_mode: bool = False):
+    def __init__(self, model: Model = good_answer, reject_json_mode: bool = False, reply_delay: float = 0.0):
         super().__init__(self._handler())
         self.model = model
         self.reject_json_mode = reject_json_mode
+        self.reply_delay = reply_delay  # seconds every request waits before it is answered
         self.requests: list[dict[str, Any]] = []
         self.faults: deque[Reply] = deque()
+        self.in_flight = 0  # requests received and not yet answered
+        self.max_in_flight = 0  # the most of them at any moment
         self._lock = threading.Lock()
 
     @property
@@ -72,10 +76,21 @@ class ChatServer(LoopbackServer):
         return [list(wanted_counts(request["body"])) for request in self.requests]
 
     def _reply(self, body: dict[str, Any], headers: dict[str, str]) -> tuple[int, dict[str, str], str]:
+        """(status, headers, body) of the answer to one request, counted in flight until it is made; 0 drops it."""
         with self._lock:
             number = len(self.requests)
             self.requests.append({"body": body, "headers": headers, "time": time.monotonic()})
             fault = self.faults.popleft() if self.faults else Reply()
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            time.sleep(self.reply_delay)
+            return self._answer(body, number, fault)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    def _answer(self, body: dict[str, Any], number: int, fault: Reply) -> tuple[int, dict[str, str], str]:
         if fault.delay:
             time.sleep(fault.delay)
         if fault.hold:

@@ -35,7 +35,7 @@ from .helpers import (
     random_images,
     run_dalda,
 )
-from .hub_server import SECRET_TOKEN, HubServer
+from .hub_server import SECRET_TOKEN, HubServer, load_dataset_from
 
 
 def test_output_loads_with_load_dataset_as_from_the_hub(augmented, pets):
@@ -290,11 +290,29 @@ def test_push_to_hub_uploads_the_folder_without_bookkeeping(augmented, tiny_mode
     assert hub.created == [{"name": "pets-dalda", "organization": "org", "visibility": "private", "type": "dataset"}]
     assert hub.authorizations == {f"Bearer {SECRET_TOKEN}"}
     local = {str(path.relative_to(output)) for path in output.rglob("*") if path.is_file() and ".dalda" not in path.parts}
-    assert set(hub.committed) == local and "README.md" in local and "contact_sheet.png" in local
-    for name, content in hub.committed.items():
+    committed = hub.repo_files["datasets/org/pets-dalda"]
+    assert set(committed) == local and "README.md" in local and "contact_sheet.png" in local
+    for name, content in committed.items():
         assert content == (output / name).read_bytes()
         assert SECRET_TOKEN.encode() not in content
     assert SECRET_TOKEN not in result.stdout + result.stderr
+
+
+def test_the_pushed_dataset_loads_from_the_hub_as_the_folder(augmented, tiny_models, pets, tmp_path):
+    """`load_dataset("org/pets-dalda")` of the pushed folder, from the (loopback) Hub in a fresh process with empty
+    caches, is the folder's dataset: every shard downloaded, the card's features (class names) kept."""
+    output, _ = augmented
+    config = config_file(tiny_models, pets, output, tmp_path / "config.json", push_to_hub="org/pets-dalda")
+    with HubServer() as hub:
+        pushed = subprocess.run([*dalda_command(), "augment", str(config)], env={**os.environ, **hub.env},
+                                capture_output=True, text=True)
+        assert pushed.returncode == 0, pushed.stderr[-3000:]
+        loaded = load_dataset_from(hub, tmp_path / "home", "org/pets-dalda")
+    shards = {f"datasets/org/pets-dalda/data/{path.name}" for path in output.glob("data/*.parquet")}
+    assert shards <= set(hub.downloads) and len(shards) == 2
+    local = datasets.load_dataset(str(output), split="train")
+    assert loaded.features == local.features and len(loaded) == len(local)
+    assert_same_dataset(loaded, local, tolerance=0)
 
 
 def test_decoding_encoding_and_writing_run_off_the_denoising_thread(tiny_models, pets, tmp_path, monkeypatch):

@@ -1,25 +1,32 @@
 """The `dalda` command, run as users run it: an installed console script in a subprocess."""
 
+import dataclasses
 import json
 import subprocess
 import sys
+import types
+import typing
 from pathlib import Path
-from typing import get_args
+from typing import get_args, get_origin
 
+import datasets
 import numpy as np
 import PIL.Image
 import pytest
+import torch
 from transformers import HfArgumentParser
 
 from dataset_builders.arguments import CLIPScoreMode
-from pipeline_dalda import DEFAULT_CLIP_SCORE_MODEL, AdaptiveGuidanceScaling
+from pipeline_dalda import DEFAULT_CLIP_SCORE_MODEL, AdaptiveGuidanceScaling, CLIPScorer
 from pipeline_dalda.arguments import AGSArguments, AGSMode, ModelArguments
 from pipeline_dalda.cli import COMMANDS, DaldaArgumentParser, parse_options
+from pipeline_dalda.images import load_image
+from pipeline_dalda.loading import load_dalda_pipeline
 from pipeline_dalda.pipeline import AGS_MODES, CLASS_PROMPT_TEMPLATE, CLIP_SCORE_MODES, class_prompt
 from pipeline_dalda.prompts.matching import display_name
-from pipeline_dalda.seeding import item_seed
+from pipeline_dalda.seeding import item_seed, scale_generator
 
-from .helpers import model_options, random_images, run_dalda
+from .helpers import CLIP_SCORE_TOLERANCE, generate_two_items, kit_model_args, model_options, random_images, run_dalda
 
 
 def test_help_lists_commands():
@@ -30,7 +37,7 @@ def test_help_lists_commands():
     assert unknown.returncode != 0 and "unknown command 'paint'" in unknown.stderr
 
 
-def test_tiny_models_writes_a_loadable_kit(tmp_path):
+def test_tiny_models_writes_a_loadable_kit(tiny_models, tmp_path):
     result = run_dalda("tiny-models", "--output_dir", tmp_path / "kit")
     assert result.returncode == 0, result.stderr
     paths = json.loads(result.stdout)
@@ -38,6 +45,17 @@ def test_tiny_models_writes_a_loadable_kit(tmp_path):
     assert Path(paths["ip_adapter"], "models", "ip-adapter_sd15.safetensors").is_file()
     assert Path(paths["ip_adapter"], "models", "image_encoder", "config.json").is_file()
     assert Path(paths["clip_scorer"], "config.json").is_file()
+
+    # It loads as users load models, and generates: the same images as the kit the tests build in-process.
+    written = load_dalda_pipeline(kit_model_args(types.SimpleNamespace(**paths), device="cpu"))
+    built = load_dalda_pipeline(kit_model_args(tiny_models, device="cpu"))
+    output = written(
+        ["a dog"], ip_adapter_image=random_images(1, seed=2), class_names=["dog", "cat"], class_labels=[0],
+        num_inference_steps=1, output_type="np", generator=torch.Generator().manual_seed(0),
+    )
+    assert output.images.shape == (1, written.generation_size, written.generation_size, 3)
+    assert 0 < output.clip_scores[0] < 1 and 0.1 <= output.ip_adapter_scales[0] <= 0.9
+    np.testing.assert_allclose(generate_two_items(written), generate_two_items(built), atol=1e-6)
 
 
 @pytest.fixture
@@ -75,8 +93,28 @@ def test_generate_writes_images_and_metadata(tiny_models, real_image_files, tmp_
     assert [row["seed"] for row in rows] == [item_seed(4, i, 0) for i in range(3)]
     sizes = [PIL.Image.open(tmp_path / "from-yaml" / row["file_name"]).size for row in rows]
     assert sizes == [(50, 30), (20, 20), (48, 64)]  # each real image's upright size
-    for row in rows:
-        assert 0 < row["clip_score"] < 1 and 0.1 <= row["ip_adapter_scale"] <= 0.9
+    # Each image's CLIPScore is the scorer's on its real image (upright), and its λ the AGS draw from its own stream.
+    scorer = CLIPScorer.from_pretrained(tiny_models.clip_scorer)
+    scores = scorer([load_image(path) for path in real_image_files], [0, 1, 0], ["dog", "cat"]).tolist()
+    for index, row in enumerate(rows):
+        assert row["clip_score"] == pytest.approx(scores[index], abs=CLIP_SCORE_TOLERANCE)
+        stream = scale_generator(4, index, 0)
+        draw = AdaptiveGuidanceScaling().sample([row["clip_score"]], num_shots=2, generator=stream)[0]
+        assert row["ip_adapter_scale"] == pytest.approx(draw, abs=1e-6)
+
+    # The folder loads as the README says, one row per image: the image as written, and its metadata as written.
+    loaded = datasets.load_dataset(
+        "imagefolder", data_dir=str(tmp_path / "from-yaml"), cache_dir=str(tmp_path / "datasets-cache")
+    )["train"]
+    assert len(loaded) == len(rows)
+    assert sorted(loaded.column_names) == sorted(["image", *rows[0].keys() - {"file_name"}])
+    for row, record in zip(rows, loaded):
+        assert {name: record[name] for name in row if name != "file_name"} == {
+            name: value for name, value in row.items() if name != "file_name"
+        }
+        written = PIL.Image.open(tmp_path / "from-yaml" / row["file_name"])
+        assert record["image"].size == written.size  # the sizes differ, so a row paired with another image shows
+        assert np.array_equal(np.asarray(record["image"]), np.asarray(written))
 
     # The same run from command-line options, with another batch size, gives the same λ's and images.
     flags = [f"--{key}={value}" for key, value in options.items() if not isinstance(value, list)]
@@ -86,7 +124,10 @@ def test_generate_writes_images_and_metadata(tiny_models, real_image_files, tmp_
     result = run_dalda("generate", *flags, *lists)
     assert result.returncode == 0, result.stderr
     again = [json.loads(line) for line in (tmp_path / "from-flags" / "metadata.jsonl").read_text().splitlines()]
-    assert [row["ip_adapter_scale"] for row in again] == [row["ip_adapter_scale"] for row in rows]
+    np.testing.assert_allclose(
+        [row["ip_adapter_scale"] for row in again], [row["ip_adapter_scale"] for row in rows],
+        atol=CLIP_SCORE_TOLERANCE,
+    )
     for row in rows:
         first = np.asarray(PIL.Image.open(tmp_path / "from-yaml" / row["file_name"]), dtype=float)
         second = np.asarray(PIL.Image.open(tmp_path / "from-flags" / row["file_name"]), dtype=float)
@@ -126,10 +167,71 @@ def test_every_option_says_what_it_does(command):
     assert not [option for option in hyphenated if option in help_text]  # each option shown once, by its field name
 
 
+LEFT_AT_DEFAULT = {"prompt_bank", "base_prompt", "class_names_file"}
+"""Options that another option's value forbids (Real Guidance has its own prompt; one of dataset and class names)."""
+VALID_VALUES = {"rotation_step": 5.0}
+"""Values a rule restricts (the rotation step divides 30°)."""
+
+
+def other_value(field: dataclasses.Field):
+    """A value of `field`'s type that is not its default, as parsed and as written on a command line."""
+    if field.name in VALID_VALUES:
+        return VALID_VALUES[field.name], [str(VALID_VALUES[field.name])]
+    default = field.default if field.default is not dataclasses.MISSING else None
+    kind = field.type
+    if get_origin(kind) in (typing.Union, types.UnionType):  # `X | None`
+        kind = next(arg for arg in get_args(kind) if arg is not type(None))
+    if get_origin(kind) is typing.Literal:
+        value = next(choice for choice in reversed(get_args(kind)) if choice != default)
+        return value, [value]
+    if kind is bool:
+        return not default, [str(not default)]
+    if kind is int:
+        return (default or 0) + 3, [str((default or 0) + 3)]
+    if kind is float:
+        value = round((default or 0.2) + 0.05, 4)
+        return value, [str(value)]
+    if get_origin(kind) is list:
+        values = [3, 4] if get_args(kind)[0] is int else ["first value", "second value"]
+        return values, [str(v) for v in values]
+    return f"Value of {field.name}", [f"Value of {field.name}"]
+
+
+def real_argv(arguments) -> tuple[dict[tuple[str, str], object], list[str]]:
+    """Every option of the dataclasses `arguments` at another value than its default: the values by (dataclass,
+    option), and the command line that gives them."""
+    expected, argv = {}, []
+    for dataclass in arguments:
+        for field in dataclasses.fields(dataclass):
+            if not field.init:
+                continue
+            if field.name in LEFT_AT_DEFAULT:
+                expected[dataclass.__name__, field.name] = field.default
+                continue
+            value, words = other_value(field)
+            expected[dataclass.__name__, field.name] = value
+            argv += [f"--{field.name}", *words]
+    return expected, argv
+
+
 @pytest.mark.parametrize("command", sorted(COMMANDS))
-def test_option_dataclasses_work_with_a_plain_hf_argument_parser(command):
+def test_every_option_parses_to_its_value(command, tmp_path):
+    """Every option of the command set to a value other than its default, on a command line (for `dalda` and for a
+    plain `HfArgumentParser` over the same dataclasses) and in a config file: each value arrives as given."""
     arguments, _ = COMMANDS[command].load()
-    assert HfArgumentParser(arguments).format_help() != ""
+    expected, argv = real_argv(arguments)
+    config = tmp_path / "options.json"
+    config.write_text(json.dumps({name: value for (_, name), value in expected.items()}))
+    for source, parsed in (
+        ("dalda", parse_options(command, argv)[0]),
+        ("config file", parse_options(command, [str(config)])[0]),
+        ("HfArgumentParser", HfArgumentParser(arguments).parse_args_into_dataclasses(args=argv)),
+    ):
+        actual = {
+            (type(options).__name__, field.name): getattr(options, field.name)
+            for options in parsed for field in dataclasses.fields(options) if field.init
+        }
+        assert actual == expected, source
 
 
 def test_closed_sets_are_choices_and_augment_groups_its_options():

@@ -1,6 +1,8 @@
 """CLIP-I and LPIPS diversity: the evaluate modules loaded by path and checked against direct computations with the
-same models, and `compute_diversity` over an augmented dataset read back with `load_dataset`."""
+same models, `compute_diversity` over an augmented dataset read back with `load_dataset`, and `dalda evaluate
+--diversity` reporting what the modules compute."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -11,16 +13,18 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+import torchvision
 import yaml
 from transformers import CLIPModel, CLIPProcessor
 
 from pipeline_dalda import data_files
+from dataset_builders import testing as data_kit
 from dataset_builders.evaluation.arguments import DiversityArguments
 from dataset_builders.evaluation.diversity import compute_diversity, diversity_table, metric_module_path
 from dataset_builders.hub_layout import output_features
 from pipeline_dalda.testing import save_tiny_clip_scorer
 
-from .helpers import random_images
+from .helpers import random_images, run_dalda
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -201,6 +205,82 @@ def test_compute_diversity_over_an_augmented_dataset(tmp_path, clip_dir, clip_em
     table = diversity_table([("DALDA", result)]).splitlines()
     assert table[0] == "| method | CLIP-I ↓ | LPIPS ↑ |"
     assert table[2] == f"| DALDA | {result['clip_i_to_source']:.4f} | {result['lpips_within_source']:.4f} |"
+
+
+def save_alexnet_checkpoint(torch_home: Path) -> None:
+    """Random AlexNet weights where torchvision keeps its download of the ImageNet ones, so that LPIPS's pretrained
+    backbone loads offline, the same in every process. Only `features` feed LPIPS: the classifier's 58M weights are
+    stored as one broadcast zero, to keep the file small."""
+    torch.manual_seed(0)
+    state = torchvision.models.alexnet().state_dict()
+    state = {
+        name: value if name.startswith("features.") else torch.zeros(()).expand(value.shape)
+        for name, value in state.items()
+    }
+    folder = torch_home / "hub" / "checkpoints"
+    folder.mkdir(parents=True)
+    torch.save(state, folder / Path(torchvision.models.AlexNet_Weights.IMAGENET1K_V1.url).name)
+
+
+@IGNORE_TORCHVISION
+def test_evaluate_command_reports_what_the_modules_compute(tmp_path, clip_dir, monkeypatch):
+    # One trial: one real image per colour; the first two have two synthetic images of their class each.
+    labels, images = data_kit.save_colour_dataset(tmp_path / "source", images_per_class=5)
+    rng = np.random.default_rng(1)
+    reals = [(row, images[row], labels[row]) for row in range(len(data_kit.COLOURS))]
+    synthetic = {
+        row: [(image, label) for image in data_kit.colour_images(rng, label, 2)] for row, _, label in reals[:2]
+    }
+    settings = data_kit.augment_run_settings(tmp_path / "source", num_shots=1)
+    dataset = data_kit.write_augmented_dataset(tmp_path / "augmented", reals, synthetic, settings)
+    save_alexnet_checkpoint(tmp_path / "torch-home")
+    environment = {
+        "TORCH_HOME": str(tmp_path / "torch-home"),
+        "HF_DATASETS_CACHE": str(tmp_path / "datasets-cache"),
+        "https_proxy": "http://127.0.0.1:9",  # nothing may be downloaded: a missing file fails at once
+        "HTTPS_PROXY": "http://127.0.0.1:9",
+    }
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+
+    result = run_dalda(
+        "evaluate", "--dataset", dataset, "--output_dir", tmp_path / "eval", "--backbone", clip_dir,
+        "--epochs", 1, "--iterations_per_epoch", 2, "--image_size", 32, "--cache_dir", tmp_path / "feature-cache",
+        "--device", "cpu", "--method_label", "DALDA", "--diversity", "--diversity_clip_model", clip_dir,
+        "--diversity_batch_size", 3,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    reported = json.loads((tmp_path / "eval" / "results.json").read_text())["diversity"]
+
+    # The same figures from the evaluate modules directly, each synthetic image paired with its own real image.
+    pairs = [(image, real, row, label) for row, real, label in reals for image, _ in synthetic.get(row, [])]
+    predictions, references, sources, classes = (list(column) for column in zip(*pairs))
+    clip_i = load_module("clip_i").compute(
+        predictions=predictions, references=references, groups=classes, model_name_or_path=str(clip_dir), device="cpu"
+    )
+    lpips_result = load_module("lpips_diversity").compute(
+        predictions=predictions, groups=sources, source_images=references, device="cpu"
+    )
+    expected = {
+        "clip_i_to_source": clip_i["clip_i"],
+        "clip_i_within_class": clip_i["clip_i_within_group"],
+        "lpips_within_source": lpips_result["lpips_diversity"],
+        "lpips_to_source": lpips_result["lpips_to_source"],
+    }
+    # Or the comparison proves nothing: every figure is away from what identical images would give.
+    assert max(expected["clip_i_to_source"], expected["clip_i_within_class"]) < 1 - 1e-4
+    assert min(expected["lpips_within_source"], expected["lpips_to_source"]) > 1e-3
+    assert {name: reported[name] for name in expected} == pytest.approx(expected, abs=1e-5)
+    counts = ["num_synthetic", "num_sources", "num_skipped_synthetic", "num_lpips_pairs"]
+    assert [reported[name] for name in counts] == [4, 2, 0, 2]
+    assert reported["settings"] == {
+        "diversity_clip_model": str(clip_dir),
+        "lpips_net": "alex",
+        "lpips_pretrained_backbone": True,
+        "diversity_batch_size": 3,
+    }
+    table = f"| DALDA | {reported['clip_i_to_source']:.4f} | {reported['lpips_within_source']:.4f} |"
+    assert table in (tmp_path / "eval" / "results.md").read_text().split("## Diversity")[1]
 
 
 @pytest.mark.parametrize("name", MODULES)

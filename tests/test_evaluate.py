@@ -126,6 +126,8 @@ def test_the_evaluation_sees_signal(colours, tiny_models, tmp_path, backbone):
     good = evaluate(colours["good"], tmp_path / "good", model)["aggregate"]
     wrong = evaluate(colours["wrong"], tmp_path / "wrong", model)["aggregate"]
     assert good["real_only"] == wrong["real_only"]  # same trials: same shots, real draws and test sets
+    # Measured on this fixture (3 trials): good +0.097 (CLIP) and +0.139 (ResNet), wrong −0.399 and −0.222, the wrong
+    # set's interval ending at −0.223 and −0.118. The bounds keep half the smallest margin.
     assert good["difference"]["balanced_accuracy"]["mean"] > 0.05
     assert wrong["difference"]["balanced_accuracy"]["mean"] < -0.05
     assert wrong["difference"]["balanced_accuracy"]["ci95"][1] < 0  # wrong labels hurt on every draw of shots
@@ -205,8 +207,10 @@ def test_cached_and_uncached_paths_agree(colours, tiny_models, tmp_path):
             cached["aggregate"][arm]["balanced_accuracy"]["mean"]
             - uncached["aggregate"][arm]["balanced_accuracy"]["mean"]
         )
+        # Measured: 0.000 (augmented) and 0.0035 (real only), one test image: each of the 96 a trial tests moves the
+        # 3-trial mean by 0.0035. 0.02 allows about six, against the 0.10 that augmentation adds.
         assert abs(difference) <= 0.02, (arm, difference)
-    assert uncached["aggregate"]["difference"]["balanced_accuracy"]["mean"] > 0.05
+    assert uncached["aggregate"]["difference"]["balanced_accuracy"]["mean"] > 0.05  # measured 0.101
 
 
 def test_cached_features_are_the_uncached_computation(colours, tiny_models):

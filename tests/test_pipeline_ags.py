@@ -8,7 +8,7 @@ import torch
 from pipeline_dalda import AdaptiveGuidanceScaling, CLIPScorer, DALDAPipeline
 from pipeline_dalda.seeding import scale_generator
 
-from .helpers import load_ip_adapter, random_images
+from .helpers import CLIP_SCORE_TOLERANCE, load_ip_adapter, random_images
 
 
 CLASSES = ["dog", "cat", "bird"]
@@ -59,8 +59,9 @@ def test_images_are_scored_as_given_and_encoded_at_the_generation_size(dalda_pip
     assert not torch.allclose(dalda_pipe.image_encoder(cropped).image_embeds, encoded[0][:, 0])
 
     output = call(dalda_pipe, count=1, ip_adapter_image=[wide], class_names=CLASSES, class_labels=[0])
-    assert output.clip_scores == dalda_pipe.clip_scorer()([wide], [0], CLASSES).double().tolist()
-    assert output.clip_scores != dalda_pipe.clip_scorer()([squashed], [0], CLASSES).double().tolist()
+    as_given, as_squashed = (dalda_pipe.clip_scorer()([image], [0], CLASSES).item() for image in (wide, squashed))
+    assert output.clip_scores[0] == pytest.approx(as_given, abs=CLIP_SCORE_TOLERANCE)
+    assert abs(output.clip_scores[0] - as_squashed) > CLIP_SCORE_TOLERANCE
 
 
 def test_clip_score_reads_snake_case_labels_as_words(dalda_pipe):

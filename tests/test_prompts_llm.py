@@ -70,6 +70,16 @@ def test_clean_run(tmp_path):
     assert not (tmp_path / "bank.json.chunks").exists()
 
 
+@pytest.mark.parametrize("max_concurrency", [1, 2])
+def test_at_most_max_concurrency_requests_are_in_flight(tmp_path, max_concurrency):
+    # One class per chunk, 6 chunks; every answer takes 0.2 s, so requests sent together are in flight together.
+    with ChatServer(reply_delay=0.2) as server:
+        bank = run(server, tmp_path, classes=CLASSES[:6], chunk_size=1, max_concurrency=max_concurrency)
+    assert_valid_bank(bank, CLASSES[:6])
+    assert len(server.requests) == 6
+    assert server.max_in_flight == max_concurrency  # reached, and never passed
+
+
 def test_invalid_json_is_re_asked(tmp_path):
     with ChatServer() as server:
         server.faults.append(Reply(content="Sure! Here are your sentences: ..."))
@@ -97,9 +107,12 @@ def test_server_error_then_recovery(tmp_path):
 
 
 def test_connection_reset_and_time_out_then_recovery(tmp_path, caplog):
+    # The limit is far above a normal answer's time on loopback, so that only the held-back answer times out even on
+    # a busy machine (a recovery that timed out too would add a request); the held-back answer comes far after it.
+    request_timeout = 2.0
     with ChatServer() as server:
-        server.faults.extend([Reply(drop=True), Reply(delay=1.5)])
-        bank = run(server, tmp_path, classes=CLASSES[:3], llm=settings(server, request_timeout=0.5))
+        server.faults.extend([Reply(drop=True), Reply(delay=10 * request_timeout)])
+        bank = run(server, tmp_path, classes=CLASSES[:3], llm=settings(server, request_timeout=request_timeout))
     assert_valid_bank(bank, CLASSES[:3])
     assert len(server.requests) == 3
     assert "failed (APIConnectionError)" in caplog.text and "failed (APITimeoutError)" in caplog.text

@@ -2,6 +2,7 @@
 custom_pipeline=<folder>)`, and pushed to the loopback Hub double."""
 
 import ast
+import json
 import re
 from pathlib import Path
 
@@ -102,11 +103,52 @@ def test_push_to_hub_uploads_the_pipeline_repo_and_never_the_token(tmp_path):
     assert hub.created == [{"name": "dalda-pipeline", "organization": "org", "visibility": "private", "type": "model"}]
     assert hub.commit_repos == ["models/org/dalda-pipeline"]
     assert hub.authorizations == {f"Bearer {SECRET_TOKEN}"}
-    assert sorted(hub.committed) == ["README.md", "pipeline.py"]
-    assert hub.committed["pipeline.py"] == PACKAGE_PIPELINE_FILE.read_bytes()
-    assert hub.committed["README.md"] == (folder / "README.md").read_bytes()
-    assert 'custom_pipeline="org/dalda-pipeline"' in hub.committed["README.md"].decode()
+    committed = hub.repo_files["models/org/dalda-pipeline"]
+    assert sorted(committed) == ["README.md", "pipeline.py"]
+    assert committed["pipeline.py"] == PACKAGE_PIPELINE_FILE.read_bytes()
+    assert committed["README.md"] == (folder / "README.md").read_bytes()
+    assert 'custom_pipeline="org/dalda-pipeline"' in committed["README.md"].decode()
     assert SECRET_TOKEN not in result.stdout + result.stderr
+
+
+LOAD_FROM_THE_HUB = """
+import json, sys
+from diffusers import DiffusionPipeline
+from pipeline_dalda.testing import TinyModelPaths
+from tests.helpers import load_ip_adapter, random_images
+
+kit, repo_id = TinyModelPaths(**json.loads(sys.argv[1])), sys.argv[2]
+pipe = DiffusionPipeline.from_pretrained(kit.stable_diffusion, custom_pipeline=repo_id, trust_remote_code=True)
+load_ip_adapter(pipe, kit)
+images = pipe(["a dog"], ip_adapter_image=random_images(1), ip_adapter_scale=0.5, num_inference_steps=1,
+              output_type="np").images
+module = sys.modules[type(pipe).__module__]
+print(json.dumps({"class": type(pipe).__name__, "file": module.__file__, "images": list(images.shape)}))
+"""
+"""Loads the kit's Stable Diffusion with `custom_pipeline=<repo id>` (what a user copies from the card) and generates;
+prints the class it got, the file that class came from and the shape of the images."""
+
+
+def test_the_pushed_repo_loads_from_the_hub_as_the_card_says(tiny_models, tmp_path):
+    """After `dalda pipeline-repo --push_to_hub`, the card's `custom_pipeline` id loads the pushed `pipeline.py` from
+    the (loopback) Hub, in a fresh process with empty caches, and the class it gives generates. The file is the
+    package's, byte for byte, so `test_custom_pipeline_loads_the_written_folder` shows it generates as the package."""
+    with HubServer() as hub:
+        pushed = run_dalda(
+            "pipeline-repo", "--output_dir", tmp_path / "dalda-pipeline", "--push_to_hub", "org/dalda-pipeline",
+            env=hub.env,
+        )
+        assert pushed.returncode == 0, pushed.stderr[-3000:]
+        card = ModelCard(hub.repo_files["models/org/dalda-pipeline"]["README.md"].decode())
+        repo_id = literal_keywords(example_calls(card)["from_pretrained"])["custom_pipeline"]
+        kit = json.dumps(vars(tiny_models), default=str)
+        loaded = hub.run_client(LOAD_FROM_THE_HUB, kit, repo_id, home=tmp_path / "home")
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    assert "models/org/dalda-pipeline/pipeline.py" in hub.downloads
+    got = json.loads(loaded.stdout.splitlines()[-1])
+    assert got["class"] == "DALDAPipeline" and got["images"][0] == 1
+    assert Path(got["file"]).is_relative_to(tmp_path / "home" / "modules")  # the downloaded copy
+    assert Path(got["file"]).read_bytes() == PACKAGE_PIPELINE_FILE.read_bytes()
 
 
 def test_the_top_level_model_card_is_what_pipeline_repo_renders_and_an_installed_dalda_finds_it(tmp_path):

@@ -22,7 +22,7 @@ from dataset_builders.source import paper_split_halves, select_few_shot
 from dataset_builders.testing import augment_run_settings, write_augmented_dataset
 
 from .helpers import PETS_CLASSES, assert_same_dataset, augment, dalda_command, kit_model_args
-from .hub_server import SECRET_TOKEN, HubServer
+from .hub_server import SECRET_TOKEN, HubServer, load_dataset_from
 
 
 PETS_LABELS = [index % 3 for index in range(9)]
@@ -97,7 +97,7 @@ def test_evaluate_tests_each_trial_on_its_own_second_half(trials, tiny_models, t
     assert results["trials"][0]["draw"]["shots_sha256"] != results["trials"][1]["draw"]["shots_sha256"]
 
 
-def test_push_uploads_every_trial_without_bookkeeping(trials, tiny_models, pets, tmp_path):
+def test_push_uploads_every_trial_without_bookkeeping_and_a_trial_loads_back(trials, tiny_models, pets, tmp_path):
     output, _ = trials
     config = {
         **vars(kit_model_args(tiny_models)),
@@ -111,11 +111,17 @@ def test_push_uploads_every_trial_without_bookkeeping(trials, tiny_models, pets,
             [*dalda_command(), "augment", str(tmp_path / "config.json")],
             env={**os.environ, **hub.env}, capture_output=True, text=True,
         )
-    assert result.returncode == 0, result.stderr[-3000:]
+        assert result.returncode == 0, result.stderr[-3000:]
+        # A trial is a configuration of the pushed repo, as of the local folder.
+        loaded = load_dataset_from(hub, tmp_path / "home", "org/pets-trials", "seed_1")
     local = {str(path.relative_to(output)) for path in output.rglob("*") if path.is_file() and WORK_DIR not in path.parts}
-    assert set(hub.committed) == local
+    committed = hub.repo_files["datasets/org/pets-trials"]
+    assert set(committed) == local
     assert {"README.md", "seed_0/README.md", "seed_1/dalda.json"} <= local
-    assert all(SECRET_TOKEN.encode() not in content for content in hub.committed.values())
+    assert all(SECRET_TOKEN.encode() not in content for content in committed.values())
+    trial = datasets.load_dataset(str(output / "seed_1"), split="train")
+    assert loaded.features == trial.features
+    assert_same_dataset(loaded, trial, tolerance=0)
 
 
 def test_the_data_kits_datasets_are_what_dalda_augment_writes(augmented, pets, tmp_path):
