@@ -10,7 +10,9 @@ from typing import Any, Literal, get_args
 
 
 ShotSelection = Literal["random", "paper"]
-Method = Literal["dalda", "real_guidance"]
+Method = Literal["dalda", "real_guidance", "da_fusion"]
+DA_FUSION_STRENGTHS = (0.25, 0.5, 0.75, 1.0)
+"""DA-Fusion's img2img strengths t0, one drawn per synthetic image with probability 1/4 each."""
 CLIPScoreMode = Literal["probability", "cosine"]
 """The modes of `CLIPScorer` (its `CLIP_SCORE_MODES`; a test keeps the two in step)."""
 
@@ -77,8 +79,9 @@ class SourceArguments(ClassListArguments):
 def method_defaults(method: str) -> dict[str, Any]:
     """The settings `method` uses where [`AugmentArguments`] leaves them unset.
 
-    DALDA: the paper's (DESIGN §2, Table 4). Real Guidance: DA-Fusion's, which the paper ran as its baseline, calls
-    diffusers' img2img with its default 50 steps (25 run at strength 0.5), no prompt prefix and no negative prompt.
+    DALDA: the paper's (DESIGN §2, Table 4). Real Guidance and DA-Fusion: DA-Fusion's code, which the paper ran for
+    its baselines, calls diffusers' img2img with its default 50 steps (int(50 · strength) run), no prompt prefix and
+    no negative prompt.
     """
     # Imported here: the pipeline module loads torch and diffusers, which `--help` must not wait for.
     from pipeline_dalda.pipeline import DEFAULT_NEGATIVE_PROMPT, DEFAULT_PROMPT_PREFIX
@@ -108,9 +111,11 @@ class AugmentArguments:
     method: Method = field(
         default="dalda",
         metadata={
-            "help": "'dalda': prompts + IP-Adapter with the real image + AGS. 'real_guidance': the paper's baseline "
-            "(DA-Fusion's Real Guidance), Stable Diffusion img2img from the real image with the prompt "
-            "'a photo of a {class}'; it takes no prompt bank and loads no IP-Adapter.",
+            "help": "'dalda': prompts + IP-Adapter with the real image + AGS. The paper's baselines, which take no "
+            "prompt bank and load no IP-Adapter: 'real_guidance', Stable Diffusion img2img from the real image with "
+            "the prompt 'a photo of a {class}'; 'da_fusion', a token learned per class by textual inversion (the "
+            "'textual inversion' options), then img2img with 'a photo of a <class>' at a strength drawn per image "
+            "from 0.25, 0.5, 0.75, 1.0.",
         },
     )
     prompt_bank: str | None = field(
@@ -151,7 +156,7 @@ class AugmentArguments:
     )
     num_inference_steps: int | None = field(
         default=None,
-        metadata={"help": "DDIM steps; unset: 30 for dalda (the paper), 50 for real_guidance."},
+        metadata={"help": "DDIM steps; unset: 30 for dalda (the paper), 50 for real_guidance and da_fusion."},
     )
     guidance_scale: float = field(default=7.5, metadata={"help": "Classifier-free guidance scale (the paper: 7.5)."})
     real_guidance_strength: float = field(
@@ -183,25 +188,32 @@ class AugmentArguments:
         for name in ("num_prompts", "batch_size", "real_images_per_shard", "num_inference_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}.")
-        if self.method == "real_guidance":
-            self._check_real_guidance()
-        elif (self.prompt_bank is None) == (not self.base_prompt):
-            raise ValueError("Give exactly one of `prompt_bank` and `base_prompt`.")
+        if self.method == "dalda":
+            if (self.prompt_bank is None) == (not self.base_prompt):
+                raise ValueError("Give exactly one of `prompt_bank` and `base_prompt`.")
+        else:
+            self._check_img2img()
 
-    def _check_real_guidance(self) -> None:
-        """Real Guidance always prompts 'a photo of a {class}': a prompt bank given with it would go unused while
-        the run's record named it, so it is refused rather than ignored."""
+    def _check_img2img(self) -> None:
+        """The baselines always prompt 'a photo of a {class}' (DA-Fusion with the class's token): a prompt bank given
+        with them would go unused while the run's record named it, so it is refused rather than ignored."""
+        prompt = "'a photo of a <class>'" if self.method == "da_fusion" else "'a photo of a {class}'"
         if self.prompt_bank is not None or self.base_prompt:
             raise ValueError(
-                "`method='real_guidance'` always uses the prompt 'a photo of a {class}'; give neither `prompt_bank` "
-                "nor `base_prompt` (or use `method='dalda'`)."
+                f"`method={self.method!r}` always uses the prompt {prompt}; give neither `prompt_bank` nor "
+                "`base_prompt` (or use `method='dalda'`)."
             )
         if not 0 < self.real_guidance_strength <= 1:
             raise ValueError(f"`real_guidance_strength` must be in (0, 1], got {self.real_guidance_strength}.")
-        if int(self.num_inference_steps * self.real_guidance_strength) < 1:
+        name, strength = (
+            ("the smallest DA-Fusion strength", min(DA_FUSION_STRENGTHS))
+            if self.method == "da_fusion"
+            else ("real_guidance_strength", self.real_guidance_strength)
+        )
+        if int(self.num_inference_steps * strength) < 1:
             raise ValueError(
-                f"img2img runs int(num_inference_steps · real_guidance_strength) = int({self.num_inference_steps} · "
-                f"{self.real_guidance_strength}) = 0 denoising steps; raise either."
+                f"img2img runs int(num_inference_steps · {name}) = int({self.num_inference_steps} · {strength}) = 0 "
+                "denoising steps; raise num_inference_steps."
             )
 
 

@@ -11,8 +11,9 @@ CLIPScore and AGS are the pipeline's own: the run scores each real image with [`
 stored (before any resize), and every batch goes through [`DALDAPipeline.__call__`] with those scores and one λ
 generator per item, which draws λ as it would for a Python user.
 
-`method="real_guidance"` makes the paper's first baseline, Real Guidance, in the same rows and layout: the two methods
-differ only in how a batch of synthetic images is generated ([`DALDAGeneration`], [`RealGuidanceGeneration`]).
+`method="real_guidance"` and `method="da_fusion"` make the paper's two baselines in the same rows and layout: the
+methods differ only in their prompts, models and generation step ([`dataset_builders.methods`]). DA-Fusion first
+learns each class's token from the run's shots, into the folder [`TOKENS_DIR`] of its output.
 
 Keeping the accelerator busy: the CLIPScores are computed first, in batches. Then each process builds its shards as
 a pipeline of four stages, so that denoising waits for nothing but denoising ([`DatasetAugmenter.build_shards`]):
@@ -34,18 +35,16 @@ import hashlib
 import json
 import logging
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterator, NamedTuple, Protocol
+from typing import Any, Callable, Iterator, NamedTuple
 
 import datasets
 import PIL.Image
 from datasets.features.image import encode_pil_image
-import torch
 from accelerate import PartialState
-from diffusers import StableDiffusionImg2ImgPipeline
 from tqdm.auto import tqdm
 
 from pipeline_dalda import AdaptiveGuidanceScaling, DALDAPipeline
@@ -53,13 +52,14 @@ from pipeline_dalda.arguments import ModelArguments
 from pipeline_dalda.atomic import create_output_dir, remove_stale_temporaries, write_json_atomically
 from pipeline_dalda.images import BadImage, load_image
 from pipeline_dalda.loading import load_dalda_pipeline
-from pipeline_dalda.pipeline import class_prompt
-from pipeline_dalda.prompts import PromptBank
 from pipeline_dalda.resume import ensure_same_settings, record_settings
-from pipeline_dalda.seeding import item_seed, noise_generator, scale_generator
+from pipeline_dalda.seeding import item_seed
+from pipeline_dalda.textual_inversion_arguments import TextualInversionArguments
 
 from .arguments import AugmentArguments, SourceArguments
 from .hub_layout import (
+    ALL_TOKENS_FILE,
+    TOKENS_DIR,
     WORK_DIR,
     output_features,
     push_to_hub,
@@ -69,8 +69,10 @@ from .hub_layout import (
     trial_name,
     write_shard,
 )
+from .methods import SyntheticItem, class_prompts, class_tokens_loaded, method_generation, method_models
 from .report import finalize_output, write_trials_card
 from .source import RealImages, load_real_images, select_few_shot
+from .textual_inversion import decoded_shots, train_class_tokens, training_settings
 
 
 logger = logging.getLogger(__name__)
@@ -79,22 +81,6 @@ ENCODER_THREADS = 2
 """Threads that PNG-encode finished images while the next batch denoises."""
 SCORING_BATCH_SIZE = 32
 """Real images per CLIPScore call; fixed, so that the scores do not depend on `batch_size`."""
-
-
-def class_prompts(args: AugmentArguments, class_names: list[str]) -> dict[str, list[str]]:
-    """M prompts per class: from the bank, or "a photo of a {class}" (`base_prompt`, and always for Real Guidance)."""
-    if args.base_prompt or args.method == "real_guidance":
-        return {name: [class_prompt(name)] * args.num_prompts for name in class_names}
-    bank = PromptBank.load(args.prompt_bank)
-    short = {name: len(bank.prompts.get(name, [])) for name in class_names}
-    short = {name: count for name, count in short.items() if count < args.num_prompts}
-    if short:
-        raise ValueError(
-            f"The prompt bank {args.prompt_bank!r} has fewer than {args.num_prompts} prompts for {len(short)} classes "
-            f"(prompts per class: {dict(list(short.items())[:10])}); make it with `dalda prompts --num_prompts "
-            f"{args.num_prompts}`."
-        )
-    return {name: bank.prompts[name][: args.num_prompts] for name in class_names}
 
 
 @contextmanager
@@ -108,107 +94,6 @@ def _datasets_progress_bars_hidden() -> Iterator[None]:
             datasets.enable_progress_bars()
 
 
-@dataclass(frozen=True)
-class SyntheticItem:
-    """One synthetic image to generate."""
-
-    real_index: int
-    """Its real image's position in the batch of real images."""
-    source_index: int
-    """Its real image's row in the source split."""
-    prompt_index: int
-    prompt: str
-    clip_score: float | None
-    """Its real image's CLIPScore; None where no CLIP model is loaded."""
-    seed: int
-    """The seed of its initial noise, from [`item_seed`]."""
-
-
-class Generation(Protocol):
-    """How a method turns real images and [`SyntheticItem`]s into synthetic images."""
-
-    def prepare(self, images: list[PIL.Image.Image]) -> Any:
-        """What the method needs from a batch of real images, once for all their items."""
-
-    def __call__(self, prepared: Any, items: list[SyntheticItem]) -> tuple[list[PIL.Image.Image], list[float | None]]:
-        """One synthetic image per item, at the generation size, and the λ it was made with (None where the method
-        has no image prompt)."""
-
-
-class DALDAGeneration:
-    """DALDA: each item's prompt with its real image as the IP-Adapter image prompt, at a λ drawn by the pipeline's
-    AGS from the real image's CLIPScore, with the item's own λ stream."""
-
-    def __init__(self, pipe: DALDAPipeline, args: AugmentArguments, ags: AdaptiveGuidanceScaling, num_shots: int):
-        self.pipe, self.args, self.ags, self.num_shots = pipe, args, ags, num_shots
-
-    def prepare(self, images: list[PIL.Image.Image]) -> list[torch.Tensor]:
-        """The real images' IP-Adapter embeddings, encoded once for all their synthetic images."""
-        return self.pipe.encode_ip_adapter_images(images)
-
-    def __call__(
-        self, prepared: list[torch.Tensor], items: list[SyntheticItem]
-    ) -> tuple[list[PIL.Image.Image], list[float | None]]:
-        rows = torch.tensor([item.real_index for item in items])
-        scores = [item.clip_score for item in items]
-        output = self.pipe(
-            [item.prompt for item in items],
-            ip_adapter_image_embeds=[embeds[rows.to(embeds.device)] for embeds in prepared],
-            clip_scores=None if None in scores else scores,
-            ags=self.ags,
-            num_shots=self.num_shots,
-            ags_generator=[scale_generator(self.args.seed, item.source_index, item.prompt_index) for item in items],
-            prompt_prefix=self.args.prompt_prefix,
-            negative_prompt=self.args.negative_prompt,
-            num_inference_steps=self.args.num_inference_steps,
-            guidance_scale=self.args.guidance_scale,
-            generator=[noise_generator(item.seed) for item in items],
-        )
-        return output.images, output.ip_adapter_scales
-
-
-class RealGuidanceGeneration:
-    """Real Guidance, the paper's baseline from DA-Fusion (Trabucco et al., 2023): Stable Diffusion img2img from the
-    real image, noised to `real_guidance_strength`, with the item's prompt; no image prompt, so no λ.
-
-    The img2img pipeline shares the loaded pipeline's modules, which must carry no IP-Adapter (see
-    [`load_dalda_pipeline`]). It is built with its constructor rather than `from_pipe`, which casts the shared modules
-    to its `dtype` argument (float32 unless given, and spelled differently across diffusers versions).
-    """
-
-    def __init__(self, pipe: DALDAPipeline, args: AugmentArguments):
-        self.pipe, self.args = pipe, args
-        self.img2img = StableDiffusionImg2ImgPipeline(
-            vae=pipe.vae,
-            text_encoder=pipe.text_encoder,
-            tokenizer=pipe.tokenizer,
-            unet=pipe.unet,
-            scheduler=pipe.scheduler,
-            safety_checker=pipe.safety_checker,
-            feature_extractor=pipe.feature_extractor,
-            requires_safety_checker=pipe.config.requires_safety_checker,
-        )
-        self.img2img.set_progress_bar_config(disable=True)  # the run's own bar counts images
-
-    def prepare(self, images: list[PIL.Image.Image]) -> list[PIL.Image.Image]:
-        """The real images at the generation size: img2img starts from them."""
-        return [self.pipe.resize_to_generation_size(image) for image in images]
-
-    def __call__(
-        self, prepared: list[PIL.Image.Image], items: list[SyntheticItem]
-    ) -> tuple[list[PIL.Image.Image], list[float | None]]:
-        images = self.img2img(
-            prompt=[self.args.prompt_prefix + item.prompt for item in items],
-            image=[prepared[item.real_index] for item in items],
-            strength=self.args.real_guidance_strength,
-            num_inference_steps=self.args.num_inference_steps,
-            guidance_scale=self.args.guidance_scale,
-            negative_prompt=[self.args.negative_prompt] * len(items),
-            generator=[noise_generator(item.seed) for item in items],
-        ).images
-        return images, [None] * len(items)
-
-
 class RealRow(NamedTuple):
     """A usable real row of a shard: its source row, its image as stored, and decoded."""
 
@@ -219,7 +104,8 @@ class RealRow(NamedTuple):
 
 @dataclass
 class OutputRow:
-    """One row of the augmented dataset, by column ([`output_features`]); a real image has no prompt, λ or seed."""
+    """One row of the augmented dataset, by column ([`output_features`]); a real image has no prompt, λ, seed or
+    strength."""
 
     image: dict | Future
     """The stored image (`{"bytes": ..., "path": None}`), or the encoding that will give it."""
@@ -230,6 +116,7 @@ class OutputRow:
     ip_adapter_scale: float | None = None
     clip_score: float | None = None
     seed: int | None = None
+    strength: float | None = None
 
 
 class DatasetAugmenter:
@@ -251,11 +138,7 @@ class DatasetAugmenter:
         self.clip_scores, self.process_index = clip_scores, process_index
         self.source_args, self.args = source_args, args
         self.features = output_features(real.class_names)
-        self.generation: Generation = (
-            RealGuidanceGeneration(pipe, args)
-            if args.method == "real_guidance"
-            else DALDAGeneration(pipe, args, ags, source_args.num_shots)
-        )
+        self.generation = method_generation(pipe, args, ags, source_args.num_shots)
 
     def build_shards(self, shards: list[tuple[int, list[int]]], count: int) -> None:
         """Builds `shards` — (shard index, source rows) each — one after another, decoding the next shard's real
@@ -359,8 +242,8 @@ class DatasetAugmenter:
         prepared = self.generation.prepare([real_row.image for real_row in reals]) if reals else None
         for start in range(0, len(items), self.args.batch_size):
             batch_items = items[start : start + self.args.batch_size]
-            images, scales = self.generation(prepared, batch_items)
-            for item, generated, scale in zip(batch_items, images, scales):
+            generated_images = self.generation(prepared, batch_items)
+            for item, generated, scale, strength in zip(batch_items, *generated_images):
                 real_size = reals[item.real_index].image.size
                 rows_by_real[item.real_index].append(
                     OutputRow(
@@ -372,6 +255,7 @@ class DatasetAugmenter:
                         ip_adapter_scale=scale,
                         clip_score=item.clip_score,
                         seed=item.seed,
+                        strength=strength,
                     )
                 )
             self.progress.update(len(batch_items))
@@ -423,20 +307,15 @@ def score_real_images(
     return scores
 
 
-def method_models(args: AugmentArguments, model_args: ModelArguments) -> ModelArguments:
-    """The models `args.method` generates with: DALDA needs the IP-Adapter; Real Guidance runs without one, since
-    IP-Adapter attention processors given no image embeddings read text tokens as image tokens."""
-    if args.method == "real_guidance":
-        return replace(model_args, ip_adapter="", ip_adapter_subfolder="", ip_adapter_weight_name="")
-    if not model_args.ip_adapter:
-        raise ValueError("`method='dalda'` generates with an IP-Adapter, but `ip_adapter` is empty; name one.")
-    return model_args
-
-
 def run_settings(
-    source_args: SourceArguments, args: AugmentArguments, model_args: ModelArguments, ags: AdaptiveGuidanceScaling
+    source_args: SourceArguments,
+    args: AugmentArguments,
+    model_args: ModelArguments,
+    ags: AdaptiveGuidanceScaling,
+    textual_inversion: TextualInversionArguments | None = None,
 ) -> dict[str, Any]:
-    """What decides the output's content; a resumed run must match it. Batch size and devices do not."""
+    """What decides the output's content; a resumed run must match it. Batch size and devices do not. DA-Fusion's
+    adds how its tokens are learned (`textual_inversion`, DA-Fusion's settings when None)."""
     generation = asdict(args)
     for name in ("output_dir", "seeds", "batch_size", "contact_sheet_rows", "push_to_hub", "private"):
         generation.pop(name)
@@ -448,6 +327,8 @@ def run_settings(
     # Local paths resolved: the same folders given from elsewhere are the same run, and a record read from elsewhere
     # still finds them.
     settings = {"source": asdict(source_args), "generation": generation, "models": models, "ags": asdict(ags)}
+    if args.method == "da_fusion":
+        settings["textual_inversion"] = training_settings(textual_inversion or TextualInversionArguments())
     return resolved_settings(settings)
 
 
@@ -460,17 +341,19 @@ def augment_dataset(
     model_args: ModelArguments,
     ags: AdaptiveGuidanceScaling,
     load_pipeline: PipelineLoader = load_dalda_pipeline,
+    textual_inversion: TextualInversionArguments | None = None,
 ) -> dict[str, Any] | None:
     """Runs the whole job in this process's share; the main process then writes the card (and pushes). With
     `args.seeds`, runs one trial per seed ([`augment_trials`]).
 
     Args:
         load_pipeline: loads the pipeline, when this process has work for it.
+        textual_inversion: how DA-Fusion learns its tokens (DA-Fusion's settings when None); other methods ignore it.
 
     Returns the run summary on the main process, None on the others.
     """
     if args.seeds is not None:
-        return augment_trials(source_args, args, model_args, ags)
+        return augment_trials(source_args, args, model_args, ags, textual_inversion)
     model_args = method_models(args, model_args)
     # On the CPU, accelerate forms a process group only when told it runs on the CPU.
     state = PartialState(cpu=model_args.resolved_device().type == "cpu")
@@ -484,7 +367,7 @@ def augment_dataset(
         protocol=source_args.shot_selection,
     )
     prompts = class_prompts(args, real.class_names)
-    settings = run_settings(source_args, args, model_args, ags)
+    settings = run_settings(source_args, args, model_args, ags, textual_inversion)
     output_dir = create_output_dir(args.output_dir)  # once the inputs are known to be good: a bad one leaves nothing
     settings_file = output_dir / WORK_DIR / "run.json"
     # The main process records the settings on a first start; past the barrier, every process checks them (so that
@@ -504,24 +387,35 @@ def augment_dataset(
     if len(todo) < len(shards) and state.is_main_process:
         logger.info("Resuming: %d of %d shards are already written.", len(shards) - len(todo), len(shards))
     scores_file = output_dir / WORK_DIR / "clip_scores.json"
-    with state.split_between_processes(todo) as mine:
-        pipe = None
-        if mine or (state.is_main_process and not scores_file.exists()):
+    tokens_file = output_dir / TOKENS_DIR / ALL_TOKENS_FILE
+    pipe = None
+
+    def loaded() -> DALDAPipeline:
+        nonlocal pipe
+        if pipe is None:
             if model_args.device == "auto":
                 model_args.device = str(state.device)
             pipe = load_pipeline(model_args)
             pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    if args.method == "da_fusion" and not tokens_file.exists():  # every process trains its share of the classes
+        shots = decoded_shots(real, selected, source_args.image_column)
+        train_class_tokens(loaded(), shots, textual_inversion or TextualInversionArguments(), tokens_file.parent,
+                           seed=args.seed, settings=settings)
+    with state.split_between_processes(todo) as mine:
         if state.is_main_process and not scores_file.exists():
-            write_json_atomically(scores_file, score_real_images(pipe, real, selected, source_args, args))
+            write_json_atomically(scores_file, score_real_images(loaded(), real, selected, source_args, args))
         state.wait_for_everyone()
         clip_scores = {int(index): score for index, score in json.loads(scores_file.read_text()).items()}
         if mine:
             total = sum(len(shards[index]) for index in mine) * args.num_prompts
-            with tqdm(
-                total=total, desc="synthetic images", unit="img", disable=not state.is_local_main_process
-            ) as bar:
+            with (
+                class_tokens_loaded(loaded(), tokens_file) if args.method == "da_fusion" else nullcontext(),
+                tqdm(total=total, desc="synthetic images", unit="img", disable=not state.is_local_main_process) as bar,
+            ):
                 augmenter = DatasetAugmenter(
-                    pipe, real, prompts, source_args, args, ags, clip_scores, bar, state.process_index
+                    loaded(), real, prompts, source_args, args, ags, clip_scores, bar, state.process_index
                 )
                 augmenter.build_shards([(index, shards[index]) for index in mine], len(shards))
     state.wait_for_everyone()
@@ -576,7 +470,11 @@ def loaded_once(load: PipelineLoader) -> PipelineLoader:
 
 
 def augment_trials(
-    source_args: SourceArguments, args: AugmentArguments, model_args: ModelArguments, ags: AdaptiveGuidanceScaling
+    source_args: SourceArguments,
+    args: AugmentArguments,
+    model_args: ModelArguments,
+    ags: AdaptiveGuidanceScaling,
+    textual_inversion: TextualInversionArguments | None = None,
 ) -> dict[str, Any] | None:
     """The paper's trials: one complete run per seed of `args.seeds`, each in the folder `seed_<s>` of the output
     (resumable, shared between processes and guarded by its own settings, as any run), then one card that makes
@@ -589,7 +487,7 @@ def augment_trials(
     """
     state = PartialState(cpu=method_models(args, model_args).resolved_device().type == "cpu")
     class_prompts(args, load_real_images(source_args).class_names)  # bad inputs are refused before anything is made
-    shared = run_settings(source_args, replace(args, seeds=None), model_args, ags)
+    shared = run_settings(source_args, replace(args, seeds=None), model_args, ags, textual_inversion)
     root = create_output_dir(args.output_dir)
     shared["generation"].pop("seed")
     if state.is_main_process:
@@ -601,7 +499,7 @@ def augment_trials(
     for seed in args.seeds:
         logger.info("Trial %d of %d: seed %d", len(summaries) + 1, len(args.seeds), seed)
         trial = replace(args, seed=seed, seeds=None, output_dir=str(root / trial_name(seed)), push_to_hub=None)
-        summaries[seed] = augment_dataset(source_args, trial, model_args, ags, load_pipeline)
+        summaries[seed] = augment_dataset(source_args, trial, model_args, ags, load_pipeline, textual_inversion)
     if not state.is_main_process:
         return None
     write_trials_card(root, summaries)

@@ -17,7 +17,7 @@ from huggingface_hub import DatasetCard, DatasetCardData
 from pipeline_dalda.atomic import atomic_output
 from pipeline_dalda.prompts import PromptBank
 
-from .hub_layout import LOCAL_PREFIX, output_features, public_settings
+from .hub_layout import ALL_TOKENS_FILE, LOCAL_PREFIX, TOKENS_DIR, output_features, public_settings
 
 
 OPENRAIL_M_LINK = "https://huggingface.co/spaces/CompVis/stable-diffusion-license"
@@ -47,14 +47,15 @@ _TEMPLATES = jinja2.Environment(
 
 def method_label(settings: dict[str, Any]) -> str:
     """The paper's name (Table 2) for how a dataset was augmented: 'DALDA (LLM + AGS)', 'Base + AGS', 'LLM + RS',
-    'Real Guidance', ...; the card's title and the evaluation's tables both use it.
+    'Real Guidance', 'DA-Fusion', ...; the card's title and the evaluation's tables both use it.
 
     Args:
         settings: a run's settings or its published run record (older records may lack `method` and `ags`).
     """
     generation = settings["generation"]
-    if generation.get("method") == "real_guidance":
-        return "Real Guidance"
+    baselines = {"real_guidance": "Real Guidance", "da_fusion": "DA-Fusion"}
+    if generation.get("method") in baselines:
+        return baselines[generation["method"]]
     prompts = "Base" if generation.get("base_prompt") else "LLM"
     scaling = {"random": "RS", "fixed": "fixed λ"}.get(settings.get("ags", {}).get("mode"), "AGS")
     label = f"{prompts} + {scaling}"
@@ -113,7 +114,7 @@ def card_data(public: dict[str, Any], class_names: list[str], configs: list[Conf
         size_categories=[size_category(sum(config.num_rows for config in configs))],
         task_categories=["image-classification"],
         tags=["synthetic", "data-augmentation", "dalda", "few-shot"]
-        + (["real-guidance"] if method == "real_guidance" else []),
+        + {"real_guidance": ["real-guidance"], "da_fusion": ["da-fusion", "textual-inversion"]}.get(method, []),
         configs=[
             {"config_name": config.name, "data_files": [{"split": "train", "path": config.path}]} for config in configs
         ],
@@ -172,6 +173,8 @@ def dataset_card(
         models=public["models"],
         ags=public["ags"],
         denoising_steps=int(generation["num_inference_steps"] * generation["real_guidance_strength"]),
+        textual_inversion=public.get("textual_inversion"),
+        tokens_file=f"{TOKENS_DIR}/{ALL_TOKENS_FILE}",
         prompt_bank=_prompt_bank_facts(settings["generation"]),
         summary=summary,
         skipped=skipped,

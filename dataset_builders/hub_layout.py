@@ -25,6 +25,13 @@ RUN_RECORD = "dalda.json"
 machine that made it is published, and a reader who has that folder beside them can still point at it."""
 
 
+TOKENS_DIR = "textual_inversion"
+"""Where a DA-Fusion run keeps its classes' learned tokens, published with its dataset so that its images can be made
+again ([`dataset_builders.textual_inversion`] has the folder's layout)."""
+ALL_TOKENS_FILE = "class_tokens.safetensors"
+"""Every class's token in one file, `{token: embedding}` (DA-Fusion's `aggregate_embeddings.py` format, as
+safetensors)."""
+
 TRIAL_PREFIX = "seed_"
 """`dalda augment --seeds` writes trial s, a complete dataset of its own, to the folder (and Hub configuration)
 `seed_<s>` of its output."""
@@ -96,6 +103,7 @@ def output_features(class_names: list[str]) -> datasets.Features:
             "ip_adapter_scale": datasets.Value("float32"),
             "clip_score": datasets.Value("float32"),
             "seed": datasets.Value("int64"),
+            "strength": datasets.Value("float32"),
         }
     )
 

@@ -2,6 +2,7 @@
 
 import json
 import logging
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from .source import RealImages
 
 logger = logging.getLogger(__name__)
 
-_STAT_COLUMNS = ["label", "is_synthetic", "source_index", "ip_adapter_scale", "clip_score"]
+_STAT_COLUMNS = ["label", "is_synthetic", "source_index", "ip_adapter_scale", "clip_score", "strength"]
 
 
 def _stats(values: np.ndarray) -> dict[str, float]:
@@ -70,7 +71,8 @@ def finalize_output(
 ) -> dict[str, Any]:
     """Reads back the run's shards and reports; writes the contact sheet, the dataset card and the run record.
 
-    Returns the run's summary: counts, and the λ and CLIPScore statistics.
+    Returns the run's summary: counts, the λ and CLIPScore statistics, and the synthetic images per img2img
+    strength.
     """
     files = [shard_path(output_dir, index, count) for index in range(count)]
     table = pq.read_table(files, columns=_STAT_COLUMNS) if files else None
@@ -78,6 +80,7 @@ def finalize_output(
     synthetic = np.array(columns["is_synthetic"], dtype=bool)
     scales = np.array([np.nan if v is None else v for v in columns["ip_adapter_scale"]], dtype=float)[synthetic]
     scores = np.array([np.nan if v is None else v for v in columns["clip_score"]], dtype=float)[~synthetic]
+    strengths = Counter(value for value, is_synthetic in zip(columns["strength"], synthetic) if is_synthetic)
     skipped = []
     for report in sorted((output_dir / WORK_DIR / "reports").glob("shard-*.json")):
         skipped += json.loads(report.read_text(encoding="utf-8"))["skipped"]
@@ -92,6 +95,7 @@ def finalize_output(
         "rows_without_a_known_label": len(unlabeled),
         "ip_adapter_scale": _stats(scales),
         "clip_score": _stats(scores),
+        "strength": {f"{value:g}": count for value, count in sorted(strengths.items()) if value is not None},
     }
     if files and sheet_rows > 0:
         groups = _contact_sheet_groups(files, real.class_names, sheet_rows)

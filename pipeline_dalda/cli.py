@@ -38,7 +38,7 @@ from .arguments import (
 
 logger = logging.getLogger("dalda")
 
-RESUMABLE = ("augment", "prompts")
+RESUMABLE = ("augment", "prompts", "textual-inversion")
 """The commands a rerun resumes."""
 DEBUG_FLAG = "--debug"
 DEBUG_VARIABLE = "DALDA_DEBUG"
@@ -81,12 +81,38 @@ def _prompts_command():
 def _augment_command():
     from dataset_builders.arguments import AugmentArguments, SourceArguments
 
-    def augment(model_args: ModelArguments, source_args, args, ags: AGSArguments) -> None:
+    from .textual_inversion_arguments import TextualInversionArguments
+
+    def augment(model_args: ModelArguments, source_args, args, ags: AGSArguments, textual_inversion) -> None:
         from dataset_builders.augment import augment_dataset
 
-        augment_dataset(source_args, args, model_args, ags.to_ags())
+        augment_dataset(source_args, args, model_args, ags.to_ags(), textual_inversion=textual_inversion)
 
-    return (ModelArguments, SourceArguments, AugmentArguments, AGSArguments), augment
+    return (ModelArguments, SourceArguments, AugmentArguments, AGSArguments, TextualInversionArguments), augment
+
+
+def _textual_inversion_command():
+    from dataset_builders.arguments import SourceArguments
+
+    from .textual_inversion_arguments import (
+        TextualInversionArguments,
+        TextualInversionModelArguments,
+        TextualInversionRunArguments,
+    )
+
+    def textual_inversion(model_args, source_args, run_args, args) -> None:
+        from accelerate import PartialState
+
+        from dataset_builders.textual_inversion import train_dataset_tokens
+
+        tokens = train_dataset_tokens(model_args, source_args, run_args, args)
+        if PartialState().is_main_process:
+            print(json.dumps(tokens, indent=2, ensure_ascii=False))
+
+    arguments = (
+        TextualInversionModelArguments, SourceArguments, TextualInversionRunArguments, TextualInversionArguments
+    )
+    return arguments, textual_inversion
 
 
 def _evaluate_command():
@@ -151,6 +177,10 @@ COMMANDS = {
         "Augment a few-shot dataset with DALDA into a Hub-layout dataset (resumable; runs under accelerate).",
         _augment_command,
     ),
+    "textual-inversion": Command(
+        "Learn DA-Fusion's token per class from its shots (textual inversion; resumable; runs under accelerate).",
+        _textual_inversion_command,
+    ),
     "evaluate": Command(
         "Train the paper's few-shot classifiers on an augmented dataset, real-only beside it, and report accuracy.",
         _evaluate_command,
@@ -183,6 +213,8 @@ GROUPS = {
     "AGS": "Adaptive Guidance Scaling: how each synthetic image's IP-Adapter weight λ is drawn from its real image's "
     "CLIPScore (the README's 'Which AGS mode' says which to use).",
     "sampling": "How each image is denoised.",
+    "textual inversion": "How DA-Fusion learns each class's token (for `augment`, with --method da_fusion only); "
+    "DA-Fusion's settings by default.",
     "classifier": "The frozen backbone and its input.",
     "training": "How the linear heads train, how often, and which epoch they report.",
     "cache": "The backbone's features, cached on disk, and the work around them.",
@@ -345,7 +377,8 @@ def _refuse_unknown(
 
 def _usage() -> str:
     lines = ["usage: dalda <command> [options | config.json | config.yaml] [--verbose] [--debug]", "", "commands:"]
-    lines += [f"  {name:<15}{command.help}" for name, command in COMMANDS.items()]
+    width = max(map(len, COMMANDS)) + 2
+    lines += [f"  {name:<{width}}{command.help}" for name, command in COMMANDS.items()]
     return "\n".join(lines + ["", "`dalda <command> --help` lists a command's options."])
 
 

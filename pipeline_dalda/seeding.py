@@ -10,7 +10,10 @@ import numpy as np
 import torch
 
 
-STREAMS = {"noise": 1, "scale": 2, "training_draws": 11, "mixing": 12, "views": 13, "validation": 21}
+STREAMS = {
+    "noise": 1, "scale": 2, "textual_inversion": 3, "strength": 4, "training_draws": 11, "mixing": 12, "views": 13,
+    "validation": 21,
+}
 """Every random stream of the project, by name: no two kinds of draw share a stream."""
 
 

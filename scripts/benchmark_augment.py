@@ -36,7 +36,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
 from dataset_builders.arguments import AugmentArguments, SourceArguments
-from dataset_builders.augment import DatasetAugmenter, class_prompts, score_real_images
+from dataset_builders.augment import DatasetAugmenter, score_real_images
+from dataset_builders.methods import class_prompts
 from dataset_builders.source import load_real_images
 from pipeline_dalda import DEFAULT_NEGATIVE_PROMPT, DEFAULT_PROMPT_PREFIX, AdaptiveGuidanceScaling
 from pipeline_dalda.arguments import ModelArguments

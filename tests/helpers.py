@@ -44,6 +44,21 @@ def model_options(tiny_models) -> dict[str, str]:
     }
 
 
+def run_in_two_processes(command: str, config: Path) -> None:
+    """Runs `dalda <command> <config>` under `accelerate launch` with two processes, and fails if it fails.
+
+    `--multi_gpu` is accelerate's multi-process launcher (torchrun); with no GPU the processes run on the CPU.
+    """
+    launcher = [
+        str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([*launcher, "-m", "pipeline_dalda.cli", command, str(config)], env=env, capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
 def kill_midway(command: Sequence[str], ready: Callable[[], bool], env: dict[str, str] | None = None) -> None:
     """Starts `command` and SIGKILLs it as soon as `ready()` holds, as a crash or an out-of-memory kill would.
 

@@ -24,6 +24,7 @@ from pipeline_dalda.seeding import item_seed
 from pipeline_dalda.testing import IP_ADAPTER_WEIGHT_NAME
 
 from .helpers import (
+    run_in_two_processes,
     PETS_CLASSES,
     assert_same_dataset,
     assert_same_rows,
@@ -144,14 +145,7 @@ def test_sigkill_then_resume_finishes_without_redoing_shards(augmented, tiny_mod
 def test_two_accelerate_processes_equal_one(augmented, tiny_models, pets, tmp_path):
     output = tmp_path / "two-processes"
     config = config_file(tiny_models, pets, output, tmp_path / "config.json", real_images_per_shard=1)
-    command = [
-        # `--multi_gpu` is accelerate's multi-process launcher (torchrun); with no GPU the processes run on the CPU.
-        str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "-m", "pipeline_dalda.cli", "augment", str(config),
-    ]
-    result = subprocess.run(command, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_in_two_processes("augment", config)
     writers = {json.loads(path.read_text())["process"] for path in (output / ".dalda" / "reports").glob("*.json")}
     assert writers == {0, 1}
     assert_same_dataset(

@@ -169,8 +169,9 @@ def test_every_option_says_what_it_does(command):
 
 LEFT_AT_DEFAULT = {"prompt_bank", "base_prompt", "class_names_file"}
 """Options that another option's value forbids (Real Guidance has its own prompt; one of dataset and class names)."""
-VALID_VALUES = {"rotation_step": 5.0}
-"""Values a rule restricts (the rotation step divides 30°)."""
+VALID_VALUES = {"rotation_step": 5.0, "num_inference_steps": 8}
+"""Values a rule restricts (the rotation step divides 30°; DA-Fusion's smallest strength runs a quarter of the steps,
+at least one)."""
 
 
 def other_value(field: dataclasses.Field):
@@ -239,10 +240,10 @@ def test_closed_sets_are_choices_and_augment_groups_its_options():
     choices = {action.dest: tuple(action.choices) for action in actions if action.choices}
     assert choices["ags_mode"] == ("truncnorm", "reference", "random", "fixed")
     assert choices["clip_score_mode"] == ("probability", "cosine")
-    assert choices["method"] == ("dalda", "real_guidance")
+    assert choices["method"] == ("dalda", "real_guidance", "da_fusion")
     assert choices["shot_selection"] == ("random", "paper") and "dtype" in choices
     headings = [line[:-1] for line in parser.format_help().splitlines() if line and line[0] != " " and line[-1] == ":"]
-    assert headings == ["options", "data", "prompts", "AGS", "sampling", "output", "models"]
+    assert headings == ["options", "data", "prompts", "AGS", "sampling", "textual inversion", "output", "models"]
     # Help that is right for the command: the augment split holds the real images, the prompts split the classes.
     split_help = {command: next(a.help for a in option_actions(command)[1] if a.dest == "split")
                   for command in ("augment", "prompts")}
@@ -310,14 +311,14 @@ def test_options_match_the_pipelines_defaults_and_choices():
 
 def test_old_mode_option_still_works_with_a_warning(tmp_path, caplog):
     options = ["--output_dir", str(tmp_path / "out"), "--dataset", "pets", "--base_prompt"]
-    (_, _, _, ags), _ = parse_options("augment", [*options, "--mode", "reference"])
+    (_, _, _, ags, _), _ = parse_options("augment", [*options, "--mode", "reference"])
     assert ags.ags_mode == "reference" and "--mode is deprecated; use --ags_mode" in caplog.text
-    (_, _, _, ags), _ = parse_options("augment", [*options, "--mode=random"])
+    (_, _, _, ags, _), _ = parse_options("augment", [*options, "--mode=random"])
     assert ags.ags_mode == "random"
     config = tmp_path / "augment.yaml"
     options = {"output_dir": str(tmp_path / "out"), "dataset": "pets", "base_prompt": True, "mode": "fixed"}
     config.write_text(json.dumps({**options, "fixed_scale": 0.5}))  # JSON is YAML
-    (_, _, args, ags), _ = parse_options("augment", [str(config)])
+    (_, _, args, ags, _), _ = parse_options("augment", [str(config)])
     assert ags.to_ags().mode == "fixed" and args.base_prompt and "`mode` is deprecated" in caplog.text
 
 

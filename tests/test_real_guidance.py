@@ -149,9 +149,9 @@ def test_settings_per_method_and_their_validation():
         with pytest.raises(ValueError, match=message):
             AugmentArguments(output_dir="out", method="real_guidance", **options)
     with pytest.raises(ValueError, match="`method` must be one of"):
-        AugmentArguments(output_dir="out", method="da_fusion", base_prompt=True)
+        AugmentArguments(output_dir="out", method="dreambooth", base_prompt=True)
     with pytest.raises(SystemExit):  # the command line refuses an unknown method too
-        parser.parse_args_into_dataclasses(["--output_dir", "out", "--method", "da_fusion"])
+        parser.parse_args_into_dataclasses(["--output_dir", "out", "--method", "dreambooth"])
 
 
 def test_loading_without_ip_adapter_leaves_the_attention_plain(tiny_models, pets, tmp_path):

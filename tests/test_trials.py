@@ -21,7 +21,7 @@ from dataset_builders.hub_layout import WORK_DIR
 from dataset_builders.source import paper_split_halves, select_few_shot
 from dataset_builders.testing import augment_run_settings, write_augmented_dataset
 
-from .helpers import PETS_CLASSES, assert_same_dataset, augment, dalda_command, kit_model_args
+from .helpers import PETS_CLASSES, assert_same_dataset, augment, dalda_command, kit_model_args, run_in_two_processes
 from .hub_server import SECRET_TOKEN, HubServer, load_dataset_from
 
 
@@ -154,13 +154,7 @@ def test_two_accelerate_processes_make_the_same_trials(trials, tiny_models, pets
         "real_images_per_shard": 1, "output_dir": str(tmp_path / "two-processes"),
     }
     (tmp_path / "config.json").write_text(json.dumps(config))
-    command = [
-        str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "-m", "pipeline_dalda.cli", "augment", str(tmp_path / "config.json"),
-    ]
-    result = subprocess.run(command, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_in_two_processes("augment", tmp_path / "config.json")
     for seed in (0, 1):
         trial = tmp_path / "two-processes" / f"seed_{seed}"
         writers = {json.loads(path.read_text())["process"] for path in (trial / WORK_DIR / "reports").glob("*.json")}
