@@ -63,6 +63,7 @@ def test_rows_are_img2img_of_the_real_images_with_the_class_prompt(real_guidance
         assert row["prompt"] == f"a photo of a {PETS_CLASSES[row['label']]}"
         assert row["image"].size == source_row["image"].size
         assert row["clip_score"] == real[row["source_index"]]["clip_score"] and 0 < row["clip_score"] < 1
+        assert row["strength"] == 0.5 and row["ip_adapter_scale"] is None  # the one strength, recorded per row
         seeds.setdefault(row["source_index"], set()).add(row["seed"])
     assert seeds == {index: {item_seed(0, index, j) for j in range(M)} for index in real}
 
