@@ -71,7 +71,7 @@ from .hub_layout import (
 )
 from .methods import SyntheticItem, class_prompts, class_tokens_loaded, method_generation, method_models
 from .report import finalize_output, write_trials_card
-from .source import RealImages, load_real_images, select_few_shot
+from .source import RealImages, load_real_images, run_shots
 from .textual_inversion import decoded_shots, train_class_tokens, training_settings
 
 
@@ -358,14 +358,7 @@ def augment_dataset(
     # On the CPU, accelerate forms a process group only when told it runs on the CPU.
     state = PartialState(cpu=model_args.resolved_device().type == "cpu")
     real = load_real_images(source_args)
-    selected = select_few_shot(
-        real.labels,
-        real.class_names,
-        source_args.num_shots,
-        args.seed,
-        source_args.allow_fewer_shots,
-        protocol=source_args.shot_selection,
-    )
+    selected = run_shots(real, source_args, args.seed)
     prompts = class_prompts(args, real.class_names)
     settings = run_settings(source_args, args, model_args, ags, textual_inversion)
     output_dir = create_output_dir(args.output_dir)  # once the inputs are known to be good: a bad one leaves nothing

@@ -151,6 +151,14 @@ def paper_split_halves(
     return first_halves, second_halves
 
 
+def run_shots(real: RealImages, args: SourceArguments, seed: int) -> list[int]:
+    """The source rows a run with these source options and `seed` takes: [`select_few_shot`] on `real`'s labels. The
+    one selection of `dalda augment` and of `dalda textual-inversion`, so both take the same shots."""
+    return select_few_shot(
+        real.labels, real.class_names, args.num_shots, seed, args.allow_fewer_shots, protocol=args.shot_selection
+    )
+
+
 def select_few_shot(
     labels: list[int | None],
     class_names: list[str],

@@ -2,7 +2,7 @@
 processes — and [`train_class_tokens`], the same training for a caller that has its own shots and pipeline
 (`dalda augment --method da_fusion` trains into `<its output>/textual_inversion/` before generating).
 
-The shots are the ones `dalda augment` takes: the same source options, seed and `select_few_shot` ([`class_shots`]).
+The shots are the ones `dalda augment` takes: the same source options and seed, the same selection ([`class_shots`]: [`run_shots`]).
 The trainer is [`pipeline_dalda.textual_inversion.TextualInversionTrainer`]; its docstring has the method.
 
 The output folder:
@@ -56,7 +56,7 @@ from pipeline_dalda.textual_inversion_arguments import (
 
 from .arguments import SourceArguments
 from .hub_layout import ALL_TOKENS_FILE, WORK_DIR, public_settings, resolved_settings
-from .source import RealImages, load_real_images, select_few_shot
+from .source import RealImages, load_real_images, run_shots
 
 
 logger = logging.getLogger(__name__)
@@ -274,16 +274,9 @@ def decoded_shots(real: RealImages, selected: Sequence[int], image_column: str) 
 
 def class_shots(source_args: SourceArguments, seed: int) -> dict[str, list[PIL.Image.Image]]:
     """Each class's few-shot images, decoded ([`decoded_shots`]): the rows `dalda augment` takes with the same source
-    options and seed (`select_few_shot`)."""
+    options and seed ([`run_shots`])."""
     real = load_real_images(source_args)
-    selected = select_few_shot(
-        real.labels,
-        real.class_names,
-        source_args.num_shots,
-        seed,
-        source_args.allow_fewer_shots,
-        protocol=source_args.shot_selection,
-    )
+    selected = run_shots(real, source_args, seed)
     return decoded_shots(real, selected, source_args.image_column)
 
 
