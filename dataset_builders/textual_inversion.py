@@ -2,7 +2,7 @@
 processes — and [`train_class_tokens`], the same training for a caller that has its own shots and pipeline
 (`dalda augment --method da_fusion` trains into `<its output>/textual_inversion/` before generating).
 
-The shots are the ones `dalda augment` takes: the same source options and seed, the same selection ([`class_shots`]: [`run_shots`]).
+The shots are the ones `dalda augment` takes: the same source options and seed, the same selection ([`run_shots`]).
 The trainer is [`pipeline_dalda.textual_inversion.TextualInversionTrainer`]; its docstring has the method.
 
 The output folder:
