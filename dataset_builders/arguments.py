@@ -5,6 +5,7 @@ This module imports nothing heavy, so `dalda <command> --help` answers at once. 
 (or, per field, its `_option_groups`) files its options under a heading of `--help`.
 """
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
@@ -103,6 +104,7 @@ class AugmentArguments:
         "prompts": ("method", "prompt_bank", "base_prompt", "num_prompts", "prompt_prefix", "negative_prompt"),
         "AGS": ("clip_score_mode",),
         "sampling": ("seed", "seeds", "num_inference_steps", "guidance_scale", "real_guidance_strength", "batch_size"),
+        "class fidelity": ("min_synthetic_score", "max_attempts", "retry_scale_step"),
         "output": ("output_dir", "real_images_per_shard", "contact_sheet_rows", "push_to_hub", "private"),
     }
     """The `--help` heading of each option (read by the `dalda` command line; other parsers ignore it)."""
@@ -167,6 +169,22 @@ class AugmentArguments:
         },
     )
     batch_size: int = field(default=8, metadata={"help": "Synthetic images denoised together in one pass."})
+    min_synthetic_score: float | None = field(
+        default=None,
+        metadata={
+            "help": "Regenerate every synthetic image whose own CLIPScore (`synthetic_clip_score`, scored as its real "
+            "image is) falls below this, with a new seed and λ raised by `retry_scale_step`, up to `max_attempts`; "
+            "each row keeps its best-scoring attempt. Unset: each image is kept as first made, its score recorded. "
+            "Method 'dalda' only.",
+        },
+    )
+    max_attempts: int = field(
+        default=3, metadata={"help": "With `min_synthetic_score`: attempts per synthetic image, the first included."}
+    )
+    retry_scale_step: float = field(
+        default=0.2,
+        metadata={"help": "With `min_synthetic_score`: Δ in the rule λ ← min(1, λ + Δ) of each new attempt."},
+    )
     real_images_per_shard: int = field(
         default=4, metadata={"help": "Real images per parquet shard (the unit a rerun resumes)."}
     )
@@ -185,7 +203,7 @@ class AugmentArguments:
                 setattr(self, name, value)
         if self.seeds is not None and (not self.seeds or len(set(self.seeds)) != len(self.seeds)):
             raise ValueError(f"`seeds` must be distinct seeds, at least one; got {self.seeds}.")
-        for name in ("num_prompts", "batch_size", "real_images_per_shard", "num_inference_steps"):
+        for name in ("num_prompts", "batch_size", "real_images_per_shard", "num_inference_steps", "max_attempts"):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}.")
         if self.method == "dalda":
@@ -193,6 +211,21 @@ class AugmentArguments:
                 raise ValueError("Give exactly one of `prompt_bank` and `base_prompt`.")
         else:
             self._check_img2img()
+        self._check_retries()
+
+    def _check_retries(self) -> None:
+        if not 0 < self.retry_scale_step <= 1:
+            raise ValueError(f"`retry_scale_step` must be in (0, 1], got {self.retry_scale_step}.")
+        if self.min_synthetic_score is None:
+            return
+        if not math.isfinite(self.min_synthetic_score):
+            raise ValueError(f"`min_synthetic_score` must be a number, got {self.min_synthetic_score}.")
+        if self.method != "dalda":
+            raise ValueError(
+                f"`min_synthetic_score` regenerates an image with a larger IP-Adapter weight λ, which `method="
+                f"{self.method!r}` does not have; its images' own CLIPScores are recorded all the same. Filter on "
+                "them at evaluation (`dalda evaluate --min_synthetic_score`)."
+            )
 
     def _check_img2img(self) -> None:
         """The baselines always prompt 'a photo of a {class}' (DA-Fusion with the class's token): a prompt bank given

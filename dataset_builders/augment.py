@@ -9,7 +9,11 @@ or the number of processes.
 
 CLIPScore and AGS are the pipeline's own: the run scores each real image with [`DALDAPipeline.clip_scorer`] as it is
 stored (before any resize), and every batch goes through [`DALDAPipeline.__call__`] with those scores and one λ
-generator per item, which draws λ as it would for a Python user.
+generator per item, which draws λ as it would for a Python user. The same scorer then scores each synthetic image as
+it is stored, in the batch that made it: its class fidelity, the column `synthetic_clip_score`. With
+`min_synthetic_score`, an image below it is made again ([`SyntheticItem.next_attempt`]: a new seed from its own
+stream, λ moved toward the real image) in later rounds of the same shard, up to `max_attempts`; its row keeps the
+best-scoring attempt and records them all.
 
 `method="real_guidance"` and `method="da_fusion"` make the paper's two baselines in the same rows and layout: the
 methods differ only in their prompts, models and generation step ([`dataset_builders.methods`]). DA-Fusion first
@@ -104,8 +108,9 @@ class RealRow(NamedTuple):
 
 @dataclass
 class OutputRow:
-    """One row of the augmented dataset, by column ([`output_features`]); a real image has no prompt, λ, seed or
-    strength."""
+    """One row of the augmented dataset, by column ([`output_features`]). A synthetic row holds the attempt it kept
+    (its best-scoring one) and every attempt's λ and score; a real row has none of these (its `clip_score` is its
+    own)."""
 
     image: dict | Future
     """The stored image (`{"bytes": ..., "path": None}`), or the encoding that will give it."""
@@ -117,6 +122,21 @@ class OutputRow:
     clip_score: float | None = None
     seed: int | None = None
     strength: float | None = None
+    synthetic_clip_score: float | None = None
+    attempts: int | None = None
+    attempt_ip_adapter_scales: list[float | None] | None = None
+    attempt_synthetic_clip_scores: list[float | None] | None = None
+
+
+class Attempt(NamedTuple):
+    """One generation of a synthetic image: its item, the image at its real image's size, its λ and strength (None
+    where the method has none) and its own CLIPScore (None where no CLIP model is loaded)."""
+
+    item: SyntheticItem
+    image: PIL.Image.Image
+    ip_adapter_scale: float | None
+    strength: float | None
+    score: float | None
 
 
 class DatasetAugmenter:
@@ -139,6 +159,7 @@ class DatasetAugmenter:
         self.source_args, self.args = source_args, args
         self.features = output_features(real.class_names)
         self.generation = method_generation(pipe, args, ags, source_args.num_shots)
+        self.scorer = pipe.clip_scorer(args.clip_score_mode) if pipe.clip_model is not None else None
 
     def build_shards(self, shards: list[tuple[int, list[int]]], count: int) -> None:
         """Builds `shards` — (shard index, source rows) each — one after another, decoding the next shard's real
@@ -197,6 +218,26 @@ class DatasetAugmenter:
         write_json_atomically(output_dir / WORK_DIR / "reports" / f"shard-{index:05d}.json", report)
         write_shard(shard, shard_path(output_dir, index, count), output_dir)
 
+    def _generate(self, prepared: Any, items: list[SyntheticItem], reals: list[RealRow]) -> list[Attempt]:
+        """One batch of synthetic images, each resized back to its real image's size (as the dataset stores it) and
+        scored there by the CLIPScore its real image got."""
+        generated = self.generation(prepared, items)
+        images = [
+            image.resize(reals[item.real_index].image.size, PIL.Image.BILINEAR)
+            for item, image in zip(items, generated.images)
+        ]
+        scores: list[float | None] = [None] * len(items)
+        if self.scorer is not None:
+            labels = [self.real.labels[item.source_index] for item in items]
+            scores = self.scorer(images, labels, self.real.class_names).tolist()
+        made = zip(items, images, generated.ip_adapter_scales, generated.strengths, scores)
+        return [Attempt(*values) for values in made]
+
+    def _regenerates(self, attempt: Attempt) -> bool:
+        """Whether an attempt's image is below `min_synthetic_score` with attempts left to make it again."""
+        threshold, attempts_left = self.args.min_synthetic_score, self.args.max_attempts - attempt.item.attempt - 1
+        return threshold is not None and attempt.score < threshold and attempts_left > 0
+
     def _augment_batch(
         self,
         batch: dict[str, list],
@@ -240,25 +281,48 @@ class DatasetAugmenter:
                 )
 
         prepared = self.generation.prepare([real_row.image for real_row in reals]) if reals else None
-        for start in range(0, len(items), self.args.batch_size):
-            batch_items = items[start : start + self.args.batch_size]
-            generated_images = self.generation(prepared, batch_items)
-            for item, generated, scale, strength in zip(batch_items, *generated_images):
-                real_size = reals[item.real_index].image.size
-                rows_by_real[item.real_index].append(
-                    OutputRow(
-                        image=encoder.submit(stored_image, generated, real_size),
-                        label=self.real.labels[item.source_index],
-                        is_synthetic=True,
-                        source_index=item.source_index,
-                        prompt=item.prompt,
-                        ip_adapter_scale=scale,
-                        clip_score=item.clip_score,
-                        seed=item.seed,
-                        strength=strength,
-                    )
+        made: dict[tuple[int, int], list[Attempt]] = {}  # (real image, prompt) → its attempts so far
+        kept: dict[tuple[int, int], tuple[Attempt, Future]] = {}  # → the attempt kept, its image being PNG-encoded
+        pending = items
+        while pending:  # the first attempts, then each round of regenerations
+            regenerations = []
+            for start in range(0, len(pending), self.args.batch_size):
+                batch_items = pending[start : start + self.args.batch_size]
+                for attempt in self._generate(prepared, batch_items, reals):
+                    item = attempt.item
+                    attempts = made.setdefault((item.real_index, item.prompt_index), [])
+                    attempts.append(attempt)
+                    if self._regenerates(attempt):
+                        regenerations.append(
+                            item.next_attempt(self.args.seed, attempt.ip_adapter_scale, self.args.retry_scale_step)
+                        )
+                    else:
+                        best = kept_attempt(attempts)
+                        kept[item.real_index, item.prompt_index] = best, encoder.submit(encode_pil_image, best.image)
+                self.progress.update(len(batch_items))
+            if regenerations and self.progress.total is not None:
+                self.progress.total += len(regenerations)  # the bar counts every image made
+            pending = regenerations
+        for item in items:
+            attempts = made[item.real_index, item.prompt_index]
+            best, image = kept[item.real_index, item.prompt_index]
+            rows_by_real[item.real_index].append(
+                OutputRow(
+                    image=image,
+                    label=self.real.labels[item.source_index],
+                    is_synthetic=True,
+                    source_index=item.source_index,
+                    prompt=item.prompt,
+                    ip_adapter_scale=best.ip_adapter_scale,
+                    clip_score=item.clip_score,
+                    seed=best.item.seed,
+                    strength=best.strength,
+                    synthetic_clip_score=best.score,
+                    attempts=len(attempts),
+                    attempt_ip_adapter_scales=[attempt.ip_adapter_scale for attempt in attempts],
+                    attempt_synthetic_clip_scores=[attempt.score for attempt in attempts],
                 )
-            self.progress.update(len(batch_items))
+            )
         rows = [row for real_rows in rows_by_real for row in real_rows]
         for row in rows:
             if isinstance(row.image, Future):
@@ -266,9 +330,10 @@ class DatasetAugmenter:
         return {name: [getattr(row, name) for row in rows] for name in self.features}
 
 
-def stored_image(generated: PIL.Image.Image, size: tuple[int, int]) -> dict:
-    """A generated image as the dataset stores it: resized back to its real image's size, PNG-encoded."""
-    return encode_pil_image(generated.resize(size, PIL.Image.BILINEAR))
+def kept_attempt(attempts: list[Attempt]) -> Attempt:
+    """The attempt a synthetic row keeps: its best-scoring one, which is the one that reached `min_synthetic_score`
+    where one did (regeneration stops there)."""
+    return attempts[0] if len(attempts) == 1 else max(attempts, key=lambda attempt: attempt.score)
 
 
 def embedded(image: dict) -> dict:
@@ -355,6 +420,8 @@ def augment_dataset(
     if args.seeds is not None:
         return augment_trials(source_args, args, model_args, ags, textual_inversion)
     model_args = method_models(args, model_args)
+    if args.min_synthetic_score is not None and not model_args.clip_score_model:
+        raise ValueError("`min_synthetic_score` scores each synthetic image with CLIP; name a `clip_score_model`.")
     # On the CPU, accelerate forms a process group only when told it runs on the CPU.
     state = PartialState(cpu=model_args.resolved_device().type == "cpu")
     real = load_real_images(source_args)

@@ -93,6 +93,7 @@ def read_run_record(output_dir: str | os.PathLike) -> dict[str, Any] | None:
 
 
 def output_features(class_names: list[str]) -> datasets.Features:
+    """The augmented dataset's columns (the card says what each holds)."""
     return datasets.Features(
         {
             "image": datasets.Image(),
@@ -104,6 +105,10 @@ def output_features(class_names: list[str]) -> datasets.Features:
             "clip_score": datasets.Value("float32"),
             "seed": datasets.Value("int64"),
             "strength": datasets.Value("float32"),
+            "synthetic_clip_score": datasets.Value("float32"),
+            "attempts": datasets.Value("int32"),
+            "attempt_ip_adapter_scales": datasets.List(datasets.Value("float32")),
+            "attempt_synthetic_clip_scores": datasets.List(datasets.Value("float32")),
         }
     )
 

@@ -24,7 +24,7 @@ from pipeline_dalda import AdaptiveGuidanceScaling, DALDAPipeline
 from pipeline_dalda.arguments import ModelArguments
 from pipeline_dalda.pipeline import CLASS_PROMPT_TEMPLATE, class_prompt
 from pipeline_dalda.prompts import PromptBank
-from pipeline_dalda.seeding import noise_generator, scale_generator, stream
+from pipeline_dalda.seeding import item_seed, noise_generator, scale_generator, stream
 from pipeline_dalda.textual_inversion import class_token, load_class_tokens
 
 from .arguments import DA_FUSION_STRENGTHS, AugmentArguments
@@ -73,6 +73,21 @@ class SyntheticItem:
     """Its real image's CLIPScore; None where no CLIP model is loaded."""
     seed: int
     """The seed of its initial noise, from [`item_seed`]."""
+    attempt: int = 0
+    """0 for the first generation of the image; k for its k-th regeneration ([`next_attempt`])."""
+    ip_adapter_scale: float | None = None
+    """Its λ when the attempt sets it (a regeneration); None where AGS draws it (a first attempt)."""
+
+    def next_attempt(self, run_seed: int, ip_adapter_scale: float, scale_step: float) -> "SyntheticItem":
+        """The item made again, for an image too far from its class: a new seed, from the attempt's own stream
+        ([`item_seed`]), and λ moved toward the real image by the rule λ ← min(1, λ + Δ), Δ = `scale_step`."""
+        attempt = self.attempt + 1
+        return replace(
+            self,
+            attempt=attempt,
+            seed=item_seed(run_seed, self.source_index, self.prompt_index, attempt),
+            ip_adapter_scale=min(1.0, ip_adapter_scale + scale_step),
+        )
 
 
 class GeneratedImages(NamedTuple):
@@ -97,7 +112,8 @@ class Generation(Protocol):
 
 class DALDAGeneration:
     """DALDA: each item's prompt with its real image as the IP-Adapter image prompt, at a λ drawn by the pipeline's
-    AGS from the real image's CLIPScore, with the item's own λ stream."""
+    AGS from the real image's CLIPScore, with the item's own λ stream; a regeneration brings its own λ. The items of
+    one call are all first attempts or all regenerations."""
 
     def __init__(self, pipe: DALDAPipeline, args: AugmentArguments, ags: AdaptiveGuidanceScaling, num_shots: int):
         self.pipe, self.args, self.ags, self.num_shots = pipe, args, ags, num_shots
@@ -109,9 +125,13 @@ class DALDAGeneration:
     def __call__(self, prepared: list[torch.Tensor], items: list[SyntheticItem]) -> GeneratedImages:
         rows = torch.tensor([item.real_index for item in items])
         scores = [item.clip_score for item in items]
+        scales = [item.ip_adapter_scale for item in items]
+        if None in scales and scales.count(None) < len(scales):
+            raise ValueError("A batch mixes first attempts (λ drawn by AGS) with regenerations (λ given).")
         output = self.pipe(
             [item.prompt for item in items],
             ip_adapter_image_embeds=[embeds[rows.to(embeds.device)] for embeds in prepared],
+            ip_adapter_scale=None if None in scales else scales,
             clip_scores=None if None in scores else scores,
             ags=self.ags,
             num_shots=self.num_shots,

@@ -22,7 +22,14 @@ from .source import RealImages
 
 logger = logging.getLogger(__name__)
 
-_STAT_COLUMNS = ["label", "is_synthetic", "source_index", "ip_adapter_scale", "clip_score", "strength"]
+_STAT_COLUMNS = [
+    "label", "is_synthetic", "source_index", "ip_adapter_scale", "clip_score", "strength", "synthetic_clip_score",
+    "attempts",
+]
+
+
+def _floats(values: list[float | None]) -> np.ndarray:
+    return np.array([np.nan if value is None else value for value in values], dtype=float)
 
 
 def _stats(values: np.ndarray) -> dict[str, float]:
@@ -71,15 +78,17 @@ def finalize_output(
 ) -> dict[str, Any]:
     """Reads back the run's shards and reports; writes the contact sheet, the dataset card and the run record.
 
-    Returns the run's summary: counts, the λ and CLIPScore statistics, and the synthetic images per img2img
-    strength.
+    Returns the run's summary: counts, the statistics of λ and of the real and synthetic images' CLIPScores, the
+    synthetic images per img2img strength and, with `min_synthetic_score`, how many were regenerated and how many
+    never reached it.
     """
     files = [shard_path(output_dir, index, count) for index in range(count)]
     table = pq.read_table(files, columns=_STAT_COLUMNS) if files else None
     columns = table.to_pydict() if table is not None else {name: [] for name in _STAT_COLUMNS}
     synthetic = np.array(columns["is_synthetic"], dtype=bool)
-    scales = np.array([np.nan if v is None else v for v in columns["ip_adapter_scale"]], dtype=float)[synthetic]
-    scores = np.array([np.nan if v is None else v for v in columns["clip_score"]], dtype=float)[~synthetic]
+    scales = _floats(columns["ip_adapter_scale"])[synthetic]
+    scores = _floats(columns["clip_score"])[~synthetic]
+    own_scores = _floats(columns["synthetic_clip_score"])[synthetic]
     strengths = Counter(value for value, is_synthetic in zip(columns["strength"], synthetic) if is_synthetic)
     skipped = []
     for report in sorted((output_dir / WORK_DIR / "reports").glob("shard-*.json")):
@@ -95,8 +104,17 @@ def finalize_output(
         "rows_without_a_known_label": len(unlabeled),
         "ip_adapter_scale": _stats(scales),
         "clip_score": _stats(scores),
+        "synthetic_clip_score": _stats(own_scores),
         "strength": {f"{value:g}": count for value, count in sorted(strengths.items()) if value is not None},
     }
+    threshold = settings["generation"]["min_synthetic_score"]
+    if threshold is not None:
+        attempts = np.array([value for value in columns["attempts"] if value is not None], dtype=int)
+        summary["regeneration"] = {
+            "regenerated": int((attempts > 1).sum()),
+            "extra_images": int((attempts - 1).sum()),
+            "never_passed": int((own_scores < threshold).sum()),
+        }
     if files and sheet_rows > 0:
         groups = _contact_sheet_groups(files, real.class_names, sheet_rows)
         if groups:

@@ -213,6 +213,8 @@ GROUPS = {
     "AGS": "Adaptive Guidance Scaling: how each synthetic image's IP-Adapter weight λ is drawn from its real image's "
     "CLIPScore (the README's 'Which AGS mode' says which to use).",
     "sampling": "How each image is denoised.",
+    "class fidelity": "Each synthetic image's own CLIPScore (the `synthetic_clip_score` column): regenerating "
+    "(`augment`) or leaving out (`evaluate`) the images it finds far from their class.",
     "textual inversion": "How DA-Fusion learns each class's token (for `augment`, with --method da_fusion only); "
     "DA-Fusion's settings by default.",
     "classifier": "The frozen backbone and its input.",

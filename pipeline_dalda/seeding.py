@@ -11,7 +11,8 @@ import torch
 
 
 STREAMS = {
-    "noise": 1, "scale": 2, "textual_inversion": 3, "strength": 4, "training_draws": 11, "mixing": 12, "views": 13,
+    "noise": 1, "scale": 2, "textual_inversion": 3, "strength": 4, "retry_noise": 5,
+    "training_draws": 11, "mixing": 12, "views": 13,
     "validation": 21,
 }
 """Every random stream of the project, by name: no two kinds of draw share a stream."""
@@ -22,10 +23,13 @@ def stream(name: str, *keys: int) -> np.random.Generator:
     return np.random.default_rng([STREAMS[name], *keys])
 
 
-def item_seed(run_seed: int, source_index: int, prompt_index: int) -> int:
-    """The seed of one synthetic image's initial noise."""
-    sequence = np.random.SeedSequence([STREAMS["noise"], run_seed, source_index, prompt_index])
-    return int(sequence.generate_state(1)[0])
+def item_seed(run_seed: int, source_index: int, prompt_index: int, attempt: int = 0) -> int:
+    """The seed of one synthetic image's initial noise; a regenerated image's attempt (`attempt` ≥ 1, see
+    `dalda augment --min_synthetic_score`) draws its seed from a stream of its own."""
+    keys = [STREAMS["noise"], run_seed, source_index, prompt_index]
+    if attempt:
+        keys = [STREAMS["retry_noise"], run_seed, source_index, prompt_index, attempt]
+    return int(np.random.SeedSequence(keys).generate_state(1)[0])
 
 
 def noise_generator(seed: int) -> torch.Generator:

@@ -2,11 +2,13 @@
 bank, and one `dalda augment` run on it; and a fresh pipeline per test."""
 
 import os
+import types
 
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before any Hugging Face import: nothing may be downloaded
 
 import datasets  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from transformers import CLIPModel, CLIPProcessor  # noqa: E402
 
@@ -14,7 +16,7 @@ from pipeline_dalda import DALDAPipeline  # noqa: E402
 from pipeline_dalda.prompts import PromptArguments, generate_prompt_bank  # noqa: E402
 from pipeline_dalda.testing import save_tiny_models  # noqa: E402
 
-from .helpers import PETS_CLASSES, augment, load_ip_adapter, random_images  # noqa: E402
+from .helpers import PETS_CLASSES, REGENERATION_STEPS, augment, load_ip_adapter, random_images  # noqa: E402
 from .hub_server import SECRET_TOKEN  # noqa: E402
 
 
@@ -59,3 +61,25 @@ def augmented(tiny_models, pets, tmp_path_factory):
     finally:
         del os.environ["HF_TOKEN"]
     return output, summary
+
+
+@pytest.fixture(scope="session")
+def regenerated(tiny_models, pets, tmp_path_factory):
+    """`dalda augment` on `pets` as it is (the baseline), then again with every image whose own CLIPScore is below a
+    threshold regenerated (`min_synthetic_score`, 3 attempts): the baseline's folder, the threshold, and the second
+    run's folder and summary.
+
+    The threshold splits the baseline's synthetic scores in the middle of their widest gap (at least three images on
+    either side), so that images on both sides of it stay there however a run batches them.
+    """
+    root = tmp_path_factory.mktemp("regenerated")
+    augment(tiny_models, pets, root / "baseline", num_inference_steps=REGENERATION_STEPS)
+    baseline = datasets.load_dataset(str(root / "baseline"), split="train")
+    scores = np.sort([score for score in baseline["synthetic_clip_score"] if score is not None])
+    widest = 2 + int(np.argmax(np.diff(scores)[2:-3]))
+    threshold = float(scores[widest : widest + 2].mean())
+    output = root / "regenerated"
+    summary = augment(
+        tiny_models, pets, output, num_inference_steps=REGENERATION_STEPS, min_synthetic_score=threshold
+    )
+    return types.SimpleNamespace(baseline=root / "baseline", threshold=threshold, output=output, summary=summary)

@@ -32,6 +32,7 @@ def summary(rows: int) -> dict:
         "classes": len(PETS_CLASSES), "real_images": 1, "synthetic_images": rows - 1, "rows": rows,
         "skipped_real_images": 0, "rows_without_a_known_label": 0,
         "ip_adapter_scale": {"mean": 0.3, "std": 0.1, "min": 0.1, "max": 0.5}, "clip_score": {},
+        "synthetic_clip_score": {"mean": 0.4, "std": 0.1, "min": 0.2, "max": 0.6},
     }
 
 

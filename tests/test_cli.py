@@ -167,8 +167,9 @@ def test_every_option_says_what_it_does(command):
     assert not [option for option in hyphenated if option in help_text]  # each option shown once, by its field name
 
 
-LEFT_AT_DEFAULT = {"prompt_bank", "base_prompt", "class_names_file"}
-"""Options that another option's value forbids (Real Guidance has its own prompt; one of dataset and class names)."""
+LEFT_AT_DEFAULT = {"prompt_bank", "base_prompt", "class_names_file", "AugmentArguments.min_synthetic_score"}
+"""Options (by name, or by dataclass and name) that another option's value forbids: the baselines have their own
+prompt and no λ to raise; one of dataset and class names."""
 VALID_VALUES = {"rotation_step": 5.0, "num_inference_steps": 8}
 """Values a rule restricts (the rotation step divides 30°; DA-Fusion's smallest strength runs a quarter of the steps,
 at least one)."""
@@ -193,7 +194,7 @@ def other_value(field: dataclasses.Field):
         value = round((default or 0.2) + 0.05, 4)
         return value, [str(value)]
     if get_origin(kind) is list:
-        values = [3, 4] if get_args(kind)[0] is int else ["first value", "second value"]
+        values = {int: [3, 4], float: [0.25, 0.5]}.get(get_args(kind)[0], ["first value", "second value"])
         return values, [str(v) for v in values]
     return f"Value of {field.name}", [f"Value of {field.name}"]
 
@@ -206,7 +207,7 @@ def real_argv(arguments) -> tuple[dict[tuple[str, str], object], list[str]]:
         for field in dataclasses.fields(dataclass):
             if not field.init:
                 continue
-            if field.name in LEFT_AT_DEFAULT:
+            if LEFT_AT_DEFAULT & {field.name, f"{dataclass.__name__}.{field.name}"}:
                 expected[dataclass.__name__, field.name] = field.default
                 continue
             value, words = other_value(field)
@@ -243,7 +244,9 @@ def test_closed_sets_are_choices_and_augment_groups_its_options():
     assert choices["method"] == ("dalda", "real_guidance", "da_fusion")
     assert choices["shot_selection"] == ("random", "paper") and "dtype" in choices
     headings = [line[:-1] for line in parser.format_help().splitlines() if line and line[0] != " " and line[-1] == ":"]
-    assert headings == ["options", "data", "prompts", "AGS", "sampling", "textual inversion", "output", "models"]
+    assert headings == [
+        "options", "data", "prompts", "AGS", "sampling", "class fidelity", "textual inversion", "output", "models"
+    ]
     # Help that is right for the command: the augment split holds the real images, the prompts split the classes.
     split_help = {command: next(a.help for a in option_actions(command)[1] if a.dest == "split")
                   for command in ("augment", "prompts")}
@@ -253,7 +256,13 @@ def test_closed_sets_are_choices_and_augment_groups_its_options():
 @pytest.mark.parametrize(
     "command, expected",
     [
-        ("evaluate", ["options", "data", "test set", "classifier", "training", "cache", "diversity", "output"]),
+        (
+            "evaluate",
+            [
+                "options", "data", "test set", "class fidelity", "classifier", "training", "cache", "diversity",
+                "output",
+            ],
+        ),
         ("compare", ["options", "data", "output"]),
     ],
 )
@@ -274,12 +283,14 @@ def test_abbreviations_are_refused_and_unknown_options_named_with_the_nearest(tm
     typo = run_dalda("augment", "--dataset", "x", "--output_dir", tmp_path / "out", "--num_shot", "3")
     assert "unknown option --num_shot; did you mean --num_shots?" in typo.stderr and not (tmp_path / "out").exists()
     moved = run_dalda("evaluate", "--dataset", "x", "--output_dir", tmp_path / "out", "--seeds", "0", "1")
-    assert "there is no option --seeds any more: the paper's trials are now made by `dalda augment --seeds" in moved.stderr
+    gone = "there is no option --seeds any more: the paper's trials are now made by `dalda augment --seeds"
+    assert gone in moved.stderr
     stray = run_dalda("augment", "--dataset", "x", "y", "--output_dir", tmp_path / "out")
     assert "unexpected value 'y'" in stray.stderr
     config = tmp_path / "augment.json"
     config.write_text(json.dumps({"dataset": "x", "output_dirr": "y"}))
-    assert f"unknown option output_dirr in {str(config)!r}; did you mean output_dir?" in run_dalda("augment", config).stderr
+    misspelt = run_dalda("augment", config).stderr
+    assert f"unknown option output_dirr in {str(config)!r}; did you mean output_dir?" in misspelt
 
 
 def test_help_imports_no_heavy_library():
@@ -350,7 +361,8 @@ def test_expected_failures_end_in_one_line(tiny_models, pets, tmp_path):
     # A config file's values are checked as the options are, and a malformed file is named.
     (tmp_path / "bad-choice.yaml").write_text("dataset: pets\noutput_dir: out\nbase_prompt: true\nags_mode: normal\n")
     (tmp_path / "malformed.yaml").write_text("dataset: [pets\n")
-    for config, message in (("bad-choice.yaml", "`ags_mode` must be one of 'truncnorm'"), ("malformed.yaml", "Cannot read")):
+    configs = (("bad-choice.yaml", "`ags_mode` must be one of 'truncnorm'"), ("malformed.yaml", "Cannot read"))
+    for config, message in configs:
         result = run_dalda("augment", tmp_path / config)
         assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
         assert message in result.stderr.strip().splitlines()[-1], result.stderr

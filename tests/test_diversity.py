@@ -172,8 +172,8 @@ def write_augmented_dataset(folder: Path, images) -> None:
         "ip_adapter_scale": [0.5 if row[2] else None for row in rows],
         "clip_score": [None if row[2] else 0.4 for row in rows],
         "seed": [index if row[2] else None for index, row in enumerate(rows)],
-        "strength": [None] * len(rows),
     }
+    columns.update({name: [None] * len(rows) for name in features if name not in columns})  # the rest left empty
     (folder / "data").mkdir(parents=True)
     dataset = datasets.Dataset.from_dict(columns, features=features)
     dataset.to_parquet(str(folder / "data" / "train-00000-of-00001.parquet"))

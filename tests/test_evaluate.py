@@ -79,7 +79,7 @@ def test_mixing_replaces_draws_with_probability_p_by_the_real_images_own_synthet
         owner = np.full(len(pool.labels), -1)
         for real, (offset, count) in enumerate(zip(pool.synthetic_offsets, pool.synthetic_counts)):
             owner[real] = real
-            owner[offset : offset + count] = real
+            owner[pool.synthetic_items[offset : offset + count]] = real
         drawn_real = owner[reals]
         # A synthetic draw is always one of the drawn real image's own synthetic images, of its class.
         synthetic = draws.is_synthetic
@@ -96,9 +96,9 @@ def test_mixing_replaces_draws_with_probability_p_by_the_real_images_own_synthet
         assert low <= k <= high, (probability, k / n)
     # Synthetic choices cover each real image's synthetic images uniformly.
     draws = draw_training_batches(pool, schedule, seed=7, synthetic_probability=1.0)
-    chosen = draws.items[draws.items >= pool.synthetic_offsets[2]]
-    chosen = chosen[chosen < pool.synthetic_offsets[2] + 5]
-    counts = np.bincount(chosen - pool.synthetic_offsets[2], minlength=5)
+    first = pool.synthetic_items[pool.synthetic_offsets[2]]
+    chosen = draws.items[(draws.items >= first) & (draws.items < first + 5)]
+    counts = np.bincount(chosen - first, minlength=5)
     assert scipy.stats.chisquare(counts).pvalue > 1e-4
 
 
@@ -142,7 +142,8 @@ def test_trials_draw_their_own_shots_and_their_interval_is_wider_than_classifier
     repeats = evaluate(one_trial(colours["good"]), tmp_path / "repeats", tiny_models.clip_scorer,
                        classifier_seeds=[0, 1, 2])
     draws = [trial["draw"] for trial in trials["trials"]]
-    assert len({draw["shots_sha256"] for draw in draws}) == 3 and len({draw["test_rows_sha256"] for draw in draws}) == 3
+    assert len({draw["shots_sha256"] for draw in draws}) == 3
+    assert len({draw["test_rows_sha256"] for draw in draws}) == 3
     assert [draw["selection_seed"] for draw in draws] == [0, 1, 2]
     assert len(repeats["trials"]) == 1 and {r["classifier_seed"] for r in repeats["per_classifier"]} == {0, 1, 2}
     assert (trials["repeats"], repeats["repeats"]) == ("trials", "classifier repeats")
@@ -165,7 +166,9 @@ def test_compare_pools_trials_and_refuses_methods_drawn_differently(colours, tin
             runs[name, seed] = tmp_path / f"{name}-{seed}"
             evaluate(Path(dataset, trial_name(seed)), runs[name, seed], tiny_models.clip_scorer,
                      method_label="DALDA (LLM + AGS)" if name == "good" else "Wrong labels")
-    markdown = compare_runs(CompareArguments(runs=[str(path) for path in runs.values()], output_dir=str(tmp_path / "c")))
+    markdown = compare_runs(
+        CompareArguments(runs=[str(path) for path in runs.values()], output_dir=str(tmp_path / "c"))
+    )
     assert "Paired over trials (each its own draw of shots, synthetic images and classifier) (n = 2)" in markdown
     with pytest.raises(ValueError, match="both evaluate trial 0 .classifier seed 0. of Wrong labels"):
         compare_runs(CompareArguments(runs=[str(runs["wrong", 0])] * 2, output_dir=str(tmp_path / "twice")))
@@ -187,8 +190,10 @@ def test_compare_pools_trials_and_refuses_methods_drawn_differently(colours, tin
     labels = colours["labels"]
     images = list(datasets.load_from_disk(str(source))["image"])
     paper = write_colour_trials(tmp_path / "paper", source, labels, images, [0, 1], shot_selection="paper")
-    evaluate(paper, tmp_path / "paper-eval", tiny_models.clip_scorer, test_set="unselected", method_label="Paper shots")
-    with pytest.raises(ValueError, match=r"drew trial 0 differently \(shot_selection, shots_sha256, test_rows_sha256\)"):
+    evaluate(paper, tmp_path / "paper-eval", tiny_models.clip_scorer, test_set="unselected",
+             method_label="Paper shots")
+    differently = r"drew trial 0 differently \(shot_selection, shots_sha256, test_rows_sha256\)"
+    with pytest.raises(ValueError, match=differently):
         compare_runs(
             CompareArguments(
                 runs=[str(runs["good", 0]), str(runs["good", 1]), str(tmp_path / "paper-eval")],
@@ -414,7 +419,8 @@ def test_report_files_selection_and_comparison(colours, tiny_models, tmp_path):
                 if r["arm"] == arm]
 
     dalda = per_trial(results, "augmented")
-    for method, baseline in (("Wrong labels", per_trial(other, "augmented")), ("Real only", per_trial(results, "real_only"))):
+    baselines = (("Wrong labels", per_trial(other, "augmented")), ("Real only", per_trial(results, "real_only")))
+    for method, baseline in baselines:
         expected = scipy.stats.ttest_rel(dalda, baseline).pvalue
         row = next(line for line in markdown.splitlines() if line.startswith(f"| {method} | ") and "CI" in line)
         assert f"{np.mean(np.subtract(dalda, baseline)):+.4f} [95% CI" in row and row.endswith(f"| {expected:.3g} |")

@@ -5,6 +5,7 @@ This module imports nothing heavy, so `dalda evaluate --help` answers at once; w
 option is used.
 """
 
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -42,6 +43,7 @@ class EvaluateArguments:
             "epochs", "iterations_per_epoch", "batch_size", "learning_rate", "weight_decay",
             "synthetic_probability", "real_only_baseline", "classifier_seeds", "select",
         ),
+        "class fidelity": ("min_synthetic_score", "min_synthetic_score_sweep"),
         "cache": ("feature_cache", "rotation_step", "cache_dir", "feature_batch_size", "num_workers"),
         "diversity": ("diversity",),
         "output": ("output_dir", "method_label"),
@@ -137,6 +139,23 @@ class EvaluateArguments:
             "time: the backbone runs at every step, no cache."
         },
     )
+    min_synthetic_score: float | None = field(
+        default=None,
+        metadata={
+            "help": "Train the augmented classifier on the synthetic images whose own CLIPScore "
+            "(`synthetic_clip_score`, float32) is at or above this only; a real image with none left is never "
+            "replaced. The real-only arm is unchanged. Needs a dataset made by a `dalda augment` that records that "
+            "score."
+        },
+    )
+    min_synthetic_score_sweep: list[float] | None = field(
+        default=None,
+        metadata={
+            "help": "Thresholds to sweep in the same run: one more augmented classifier per threshold and trial, on "
+            "the same draws (heads only: no extra backbone work); reported as accuracy against threshold "
+            "(results.md, accuracy_vs_min_synthetic_score.png). The main augmented arm keeps `min_synthetic_score`."
+        },
+    )
     feature_cache: bool = field(
         default=True,
         metadata={
@@ -187,11 +206,31 @@ class EvaluateArguments:
             not self.classifier_seeds or len(set(self.classifier_seeds)) != len(self.classifier_seeds)
         ):
             raise ValueError(f"`classifier_seeds` must be distinct seeds, at least one; got {self.classifier_seeds}.")
+        self._check_synthetic_score_thresholds()
         from .views import view_grid
 
         view_grid(self.rotation_step)  # a step that does not divide 30° is refused here
         if self.image_size < 1:
             raise ValueError(f"`image_size` must be >= 1, got {self.image_size}.")
+
+    def _check_synthetic_score_thresholds(self) -> None:
+        if self.min_synthetic_score is not None and not math.isfinite(self.min_synthetic_score):
+            raise ValueError(f"`min_synthetic_score` must be a finite number, got {self.min_synthetic_score}.")
+        sweep = self.min_synthetic_score_sweep
+        if sweep is not None and not all(math.isfinite(value) for value in sweep):
+            raise ValueError(f"`min_synthetic_score_sweep` must be finite numbers, got {sweep}.")
+        if sweep is not None and (not sweep or len(set(sweep)) != len(sweep)):
+            raise ValueError(f"`min_synthetic_score_sweep` must be distinct thresholds, at least one; got {sweep}.")
+        if self.filters_synthetic_images and self.synthetic_probability == 0:
+            raise ValueError(
+                "`min_synthetic_score` and `min_synthetic_score_sweep` choose the synthetic images the augmented "
+                "classifier draws, and with `synthetic_probability` 0 it draws none; raise `synthetic_probability`."
+            )
+
+    @property
+    def filters_synthetic_images(self) -> bool:
+        """Whether a classifier trains on the synthetic images at or above a synthetic-score threshold."""
+        return self.min_synthetic_score is not None or bool(self.min_synthetic_score_sweep)
 
     def resolved_device(self) -> "torch.device":
         return resolve_device(self.device)

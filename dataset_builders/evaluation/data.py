@@ -19,6 +19,7 @@ row when both come from the same split, and by decoded-pixel hash always. Bad ro
 import hashlib
 import json
 import logging
+import math
 import os
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -45,6 +46,11 @@ from .views import squash
 logger = logging.getLogger(__name__)
 
 
+SYNTHETIC_SCORE = "synthetic_clip_score"
+"""The column of a synthetic row's own CLIPScore (scored as its real image's `clip_score` is), which
+`min_synthetic_score` filters on."""
+
+
 @dataclass(frozen=True)
 class ImageRef:
     """One image to use: its undecoded `datasets` value, its class, and where it comes from (for messages)."""
@@ -52,6 +58,8 @@ class ImageRef:
     value: dict
     label: int
     origin: str
+    synthetic_clip_score: float | None = None
+    """A synthetic image's own CLIPScore, where the dataset records one (None for real and test images)."""
 
 
 @dataclass
@@ -207,6 +215,32 @@ def load_augmented_dataset(path: str, revision: str | None = None, config: str |
     return dataset.cast_column("image", datasets.Image(decode=False))
 
 
+def check_synthetic_scores(location: TrialLocation, revision: str | None = None) -> None:
+    """Fails, naming the dataset, when its synthetic images cannot be filtered by their own CLIPScore: it was made
+    before `dalda augment` recorded that score (no `synthetic_clip_score` column), or a synthetic row has none (made
+    without a CLIP scoring model)."""
+    dataset = load_augmented_dataset(location.path, revision, location.config)
+    where = location.path + (f" (configuration {location.config})" if location.config else "")
+    if SYNTHETIC_SCORE not in dataset.column_names:
+        raise ValueError(
+            f"{where!r} has no column {SYNTHETIC_SCORE!r}: it was made before `dalda augment` recorded each synthetic "
+            "image's own CLIPScore, so `min_synthetic_score` has nothing to filter on. Make it again with the current "
+            "`dalda augment`."
+        )
+    columns = dataset.select_columns(["is_synthetic", SYNTHETIC_SCORE]).to_dict()
+    unscored = [
+        row
+        for row, (synthetic, score) in enumerate(zip(columns["is_synthetic"], columns[SYNTHETIC_SCORE]))
+        if synthetic and (score is None or math.isnan(score))
+    ]
+    if unscored:
+        raise ValueError(
+            f"{len(unscored)} synthetic rows of {where!r} have no {SYNTHETIC_SCORE!r} (rows {unscored[:10]}): it was "
+            "made without a CLIP scoring model (`clip_score_model`). Make it again with one, or evaluate it without "
+            "`min_synthetic_score` and `min_synthetic_score_sweep`."
+        )
+
+
 def recorded_settings(path: str, revision: str | None = None, config: str | None = None) -> dict | None:
     """How `dalda augment` made the dataset: its source, few-shot selection and seed (see `RUN_RECORD`)."""
     if os.path.isdir(path):
@@ -222,9 +256,12 @@ def recorded_settings(path: str, revision: str | None = None, config: str | None
 def training_images(
     dataset: datasets.Dataset, skipped: Counter
 ) -> tuple[list[ImageRef], list[list[ImageRef]], list[int]]:
-    """The real rows, each real row's synthetic rows, and each real row's source row."""
+    """The real rows, each real row's synthetic rows (with their own CLIPScores, where recorded), and each real row's
+    source row."""
     num_classes = dataset.features["label"].num_classes
-    columns = dataset.select_columns(["label", "is_synthetic", "source_index"]).to_dict()
+    names = ["label", "is_synthetic", "source_index", SYNTHETIC_SCORE]
+    columns = dataset.select_columns([name for name in names if name in dataset.column_names]).to_dict()
+    scores = columns.get(SYNTHETIC_SCORE, [None] * len(dataset))  # none in a dataset made before they were recorded
     images = dataset["image"]
     real_of_source: dict[int, int] = {}
     reals, source_rows = [], []
@@ -254,7 +291,8 @@ def training_images(
         elif label != reals[real_of_source[source]].label:
             skipped["synthetic image labelled unlike its real image"] += 1
         else:
-            synthetic[real_of_source[source]].append(ImageRef(images[row], label, f"augmented row {row}"))
+            ref = ImageRef(images[row], label, f"augmented row {row}", scores[row])
+            synthetic[real_of_source[source]].append(ref)
     return reals, synthetic, source_rows
 
 

@@ -8,16 +8,20 @@ import logging
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pipeline_dalda.atomic import atomic_output, create_output_dir, write_json_atomically
 
 from ..card import method_label
-from .arguments import REFERENCE_METHOD, CompareArguments
+from .arguments import REFERENCE_METHOD, CompareArguments, EvaluateArguments
 from .diversity import diversity_table
 from .metrics import mean_and_std, paired_difference, select_epochs
+
+
+if TYPE_CHECKING:
+    from .run import PreparedTraining  # run.py imports this module
 
 
 logger = logging.getLogger(__name__)
@@ -40,6 +44,10 @@ def _versions() -> dict[str, str | None]:
 
 Unit = tuple[int, int]
 """A classifier's key: (trial seed, classifier seed). Its augmented and real-only arms form one pair."""
+SWEEP_ARM = "min_synthetic_score_sweep"
+"""The arm of the augmented classifiers of `min_synthetic_score_sweep`, one per threshold (their records'
+`min_synthetic_score`); reported in their own table, left out of `aggregate` and of `dalda compare`."""
+_METRICS = ("balanced_accuracy", "top1")
 
 
 def repeats_kind(trial_seeds: list[int], classifier_seeds: list[int]) -> str:
@@ -50,28 +58,60 @@ def repeats_kind(trial_seeds: list[int], classifier_seeds: list[int]) -> str:
     return "classifier repeats" if len(set(classifier_seeds)) > 1 else "one trial"
 
 
+def _selected(records: list[dict], arm: str, threshold: float | None = None) -> dict[Unit, dict]:
+    """The reported epoch of each classifier of `arm` (of the sweep's: at `threshold`), by (trial, classifier seed)."""
+    return {
+        (record["trial"], record["classifier_seed"]): record["selected"]
+        for record in records
+        if record["arm"] == arm and (arm != SWEEP_ARM or record["min_synthetic_score"] == threshold)
+    }
+
+
+def _summaries(selected: dict[Unit, dict]) -> dict[str, dict]:
+    """Mean ± std of each figure over the classifiers."""
+    return {metric: mean_and_std([record[f"test_{metric}"] for record in selected.values()]) for metric in _METRICS}
+
+
+def _paired(treated: dict[Unit, dict], baseline: dict[Unit, dict]) -> dict[str, dict]:
+    """The paired difference treated − baseline of each figure over the (trial, classifier seed) pairs both ran."""
+    units = sorted(treated.keys() & baseline.keys())
+    return {
+        metric: paired_difference(
+            [treated[unit][f"test_{metric}"] for unit in units], [baseline[unit][f"test_{metric}"] for unit in units]
+        )
+        for metric in _METRICS
+    }
+
+
 def aggregate(records: list[dict]) -> dict[str, Any]:
     """Mean ± std per arm over its classifiers, and the paired difference augmented − real-only over the
-    (trial, classifier seed) pairs both arms ran."""
-    figures: dict[str, Any] = {}
-    by_arm: dict[str, dict[Unit, dict]] = {}
-    for record in records:
-        by_arm.setdefault(record["arm"], {})[(record["trial"], record["classifier_seed"])] = record["selected"]
-    for arm, selected in by_arm.items():
-        figures[arm] = {
-            metric: mean_and_std([record[f"test_{metric}"] for record in selected.values()])
-            for metric in ("balanced_accuracy", "top1")
-        }
-    if {"augmented", "real_only"} <= by_arm.keys():
-        units = sorted(by_arm["augmented"].keys() & by_arm["real_only"].keys())
-        figures["difference"] = {
-            metric: paired_difference(
-                [by_arm["augmented"][unit][f"test_{metric}"] for unit in units],
-                [by_arm["real_only"][unit][f"test_{metric}"] for unit in units],
-            )
-            for metric in ("balanced_accuracy", "top1")
-        }
+    (trial, classifier seed) pairs both arms ran (the sweep's arms have their own table: [`sweep_table`])."""
+    by_arm = {arm: _selected(records, arm) for arm in ("augmented", "real_only")}
+    figures: dict[str, Any] = {arm: _summaries(selected) for arm, selected in by_arm.items() if selected}
+    if by_arm["augmented"] and by_arm["real_only"]:
+        figures["difference"] = _paired(by_arm["augmented"], by_arm["real_only"])
     return figures
+
+
+def sweep_table(records: list[dict], kept: dict[float, int], total: int) -> list[dict]:
+    """Per threshold of `min_synthetic_score_sweep`, ascending: the synthetic images it keeps (over the trials, of
+    `total`), mean ± std of its classifiers' figures and, where the real-only arm ran, the paired difference
+    threshold arm − real only."""
+    real_only = _selected(records, "real_only")
+    rows = []
+    for threshold in sorted(kept):
+        selected = _selected(records, SWEEP_ARM, threshold)
+        row = {
+            "min_synthetic_score": threshold,
+            "synthetic_images_kept": kept[threshold],
+            "synthetic_images": total,
+            "kept_share": kept[threshold] / total if total else 0.0,
+            **_summaries(selected),
+        }
+        if real_only:
+            row["difference"] = _paired(selected, real_only)
+        rows.append(row)
+    return rows
 
 
 def _figure(summary: dict) -> str:
@@ -146,11 +186,11 @@ def results_markdown(results: dict) -> str:
         f"| {trained_on} ({results['method']}, p = {settings['synthetic_probability']}) | "
         f"{_figure(figures['augmented']['balanced_accuracy'])} | {_figure(figures['augmented']['top1'])} |"
     )
-    paired = {"trials": "paired over trials", "classifier repeats": "paired over classifier repeats"}
     if "difference" in figures:
         lines.append(
-            f"| difference, {paired.get(results['repeats'], 'one trial')} | "
-            f"{_difference(figures['difference']['balanced_accuracy'])} | {_difference(figures['difference']['top1'])} |"
+            f"| difference, {_PAIRED.get(results['repeats'], 'one trial')} | "
+            f"{_difference(figures['difference']['balanced_accuracy'])} | "
+            f"{_difference(figures['difference']['top1'])} |"
         )
     classifiers = results["per_classifier"]
     lines += [
@@ -158,6 +198,10 @@ def results_markdown(results: dict) -> str:
         repeats_sentence(
             results["repeats"], [c["trial"] for c in classifiers], [c["classifier_seed"] for c in classifiers]
         ),
+    ]
+    if results.get("min_synthetic_score_sweep"):
+        lines += sweep_markdown(results)
+    lines += [
         "",
         "## Per classifier",
         "",
@@ -166,17 +210,11 @@ def results_markdown(results: dict) -> str:
     ]
     for record in classifiers:
         lines.append(
-            f"| {record['trial']} | {record['classifier_seed']} | {record['arm'].replace('_', ' ')} | "
+            f"| {record['trial']} | {record['classifier_seed']} | {_training_data(record)} | "
             f"{record['epoch']} | {record['test_balanced_accuracy']:.4f} | {record['test_top1']:.4f} | "
             f"{record['synthetic_fraction_drawn']:.3f} |"
         )
-    lines += ["", "## Data", "", "| trial | real images | synthetic images | test images | validation images |"]
-    lines.append("| --- | --- | --- | --- | --- |")
-    for trial in results["trials"]:
-        lines.append(
-            f"| {trial['seed']} | {trial['training']['real_images']} | {trial['training']['synthetic_images']} | "
-            f"{trial['test_set']['test_images']} | {trial['test_set']['validation_images']} |"
-        )
+    lines += ["", "## Data", ""] + data_table(results)
     skipped = {reason: count for reason, count in results["skipped"].items() if count}
     lines += ["", "Skipped: " + (", ".join(f"{count} {reason}" for reason, count in skipped.items()) or "none") + "."]
     if results.get("diversity"):
@@ -186,6 +224,56 @@ def results_markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+_PAIRED = {"trials": "paired over trials", "classifier repeats": "paired over classifier repeats"}
+
+
+def _training_data(record: dict) -> str:
+    """A classifier's arm in words, with the synthetic-score threshold of the synthetic images it drew from."""
+    arm = "augmented" if record["arm"] == SWEEP_ARM else record["arm"].replace("_", " ")
+    threshold = record["min_synthetic_score"]
+    return arm + (f", synthetic score ≥ {threshold}" if threshold is not None else "")
+
+
+def sweep_markdown(results: dict) -> list[str]:
+    """The lines of the sweep's table: balanced accuracy against the synthetic-score threshold."""
+    settings = results["settings"]
+    lines = [
+        "",
+        "## Accuracy against `min_synthetic_score`",
+        "",
+        f"The augmented classifier (p = {settings['synthetic_probability']}) trained on only the synthetic images "
+        "whose own CLIPScore (`synthetic_clip_score`) is at or above each threshold, with the real-only arm's real "
+        "draws, views and initialisation; a real image with none left is never replaced. Figure: "
+        "accuracy_vs_min_synthetic_score.png.",
+        "",
+        "| min_synthetic_score | synthetic images kept | balanced accuracy | difference to real only, "
+        f"{_PAIRED.get(results['repeats'], 'one trial')} |",
+        "| --- | --- | --- | --- |",
+    ]
+    for row in results["min_synthetic_score_sweep"]:
+        difference = _difference(row["difference"]["balanced_accuracy"]) if "difference" in row else "–"
+        lines.append(
+            f"| {row['min_synthetic_score']} | {row['synthetic_images_kept']} of {row['synthetic_images']} "
+            f"({row['kept_share']:.1%}) | {_figure(row['balanced_accuracy'])} | {difference} |"
+        )
+    return lines
+
+
+def data_table(results: dict) -> list[str]:
+    """The lines of the per-trial data table; with `min_synthetic_score`, the synthetic images it keeps too."""
+    threshold = results["settings"]["min_synthetic_score"]
+    kept = [f"synthetic images ≥ {threshold}"] if threshold is not None else []
+    header = ["trial", "real images", "synthetic images", *kept, "test images", "validation images"]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for trial in results["trials"]:
+        training, test = trial["training"], trial["test_set"]
+        kept = [training["synthetic_images_kept"]] if threshold is not None else []
+        cells = [trial["seed"], training["real_images"], training["synthetic_images"], *kept, test["test_images"],
+                 test["validation_images"]]
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
+    return lines
+
+
 def report_summary(output_dir: str | Path) -> str:
     """The head of a written results.md (the side-by-side table), for a terminal."""
     report = Path(output_dir, "results.md")
@@ -193,9 +281,17 @@ def report_summary(output_dir: str | Path) -> str:
 
 
 def write_epochs_csv(path: Path, records: list[dict]) -> None:
-    """One row per (arm, trial, classifier seed, epoch) with every recorded metric."""
+    """One row per (arm, trial, classifier seed, epoch) with every recorded metric; where a classifier drew from the
+    synthetic images at or above a threshold, a `min_synthetic_score` column says which (empty: all of them)."""
+    thresholds = any(record["min_synthetic_score"] is not None for record in records)
     rows = [
-        {"arm": record["arm"], "trial": record["trial"], "classifier_seed": record["classifier_seed"], **epoch}
+        {
+            "arm": record["arm"],
+            **({"min_synthetic_score": record["min_synthetic_score"]} if thresholds else {}),
+            "trial": record["trial"],
+            "classifier_seed": record["classifier_seed"],
+            **epoch,
+        }
         for record in records
         for epoch in record["history"]
     ]
@@ -245,6 +341,35 @@ def plot_accuracy_per_epoch(path: Path, trials: list[dict], title: str) -> None:
     _save_png(figure, path)
 
 
+def plot_accuracy_vs_min_synthetic_score(
+    path: Path, rows: list[dict], figures: dict[str, Any], augmented_label: str, repeats: str, title: str
+) -> None:
+    """Balanced accuracy (mean ± std over the classifiers, which `repeats` names) against the sweep's synthetic-score
+    threshold (`rows` of [`sweep_table`]), each point marked with the share of synthetic images it keeps; the
+    real-only and the main augmented arms' means (`figures` of [`aggregate`]) as horizontal lines."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(figsize=(6.4, 4))
+    thresholds = [row["min_synthetic_score"] for row in rows]
+    means = [row["balanced_accuracy"]["mean"] for row in rows]
+    spreads = [row["balanced_accuracy"]["std"] or 0 for row in rows]
+    spread = {"trials": " (mean ± std over trials)", "classifier repeats": " (mean ± std over classifier repeats)"}
+    axes.errorbar(thresholds, means, yerr=spreads, marker="o", capsize=3, color="tab:blue",
+                  label="augmented, synthetic score ≥ threshold" + spread.get(repeats, ""))
+    for row, threshold, mean in zip(rows, thresholds, means):
+        axes.annotate(f"{row['kept_share']:.0%} kept", (threshold, mean), textcoords="offset points", xytext=(0, 6),
+                      ha="center", fontsize="small")
+    for arm, label, colour, style in (
+        ("real_only", "real only", "tab:gray", "--"),
+        ("augmented", augmented_label, "tab:orange", ":"),
+    ):
+        if arm in figures:
+            axes.axhline(figures[arm]["balanced_accuracy"]["mean"], color=colour, linestyle=style, label=label)
+    axes.set(xlabel="min_synthetic_score (the synthetic image's own CLIPScore)", ylabel="test balanced accuracy",
+             title=title)
+    axes.legend(fontsize="small")
+    _save_png(figure, path)
+
+
 def plot_score_histograms(path: Path, clip_scores: list, scales: list) -> None:
     """The augmented dataset's CLIPScores (real images) and λ's (synthetic images), as the paper's Fig. 4."""
     plt = _pyplot()
@@ -262,8 +387,28 @@ def plot_score_histograms(path: Path, clip_scores: list, scales: list) -> None:
     _save_png(figure, path)
 
 
+def evaluated_method(args: EvaluateArguments, recorded: dict) -> str:
+    """The method's name in the tables: `method_label`, else how the dataset was made, with the augmented arm's
+    `min_synthetic_score` where one is set (so that `dalda compare` keeps a filtered run apart from an unfiltered
+    one)."""
+    if args.method_label:
+        return args.method_label
+    threshold = args.min_synthetic_score
+    return method_label(recorded) + (f", synthetic score ≥ {threshold}" if threshold is not None else "")
+
+
+def training_counts(training: "PreparedTraining", threshold: float | None) -> dict[str, int]:
+    """A trial's training images: real, synthetic and, with a synthetic-score threshold, the synthetic images at or
+    above it."""
+    counts = {"real_images": training.pool.num_reals, "synthetic_images": training.pool.num_synthetic}
+    if threshold is not None:
+        counts["synthetic_images_kept"] = int(training.keeps(threshold).sum())
+    return counts
+
+
 def write_report(args, records: list[dict], context: dict) -> dict:
-    """Writes results.json, results.md, epochs.csv, accuracy_per_epoch.png and clip_score_lambda.png."""
+    """Writes results.json, results.md, epochs.csv, accuracy_per_epoch.png, clip_score_lambda.png and, with
+    `min_synthetic_score_sweep`, accuracy_vs_min_synthetic_score.png."""
     trials = context["trials"]
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -281,17 +426,14 @@ def write_report(args, records: list[dict], context: dict) -> dict:
             },
             "test_set": trial.splits.description,
             "draw": trial.splits.draw,
-            "training": {
-                "real_images": trial.training.pool.num_reals,
-                "synthetic_images": int(trial.training.pool.synthetic_counts.sum()),
-            },
+            "training": training_counts(trial.training, args.min_synthetic_score),
             "skipped": dict(trial.splits.skipped),
         }
         for trial in trials
     ]
     results = {
         "settings": asdict(args),
-        "method": args.method_label or method_label(recorded),
+        "method": evaluated_method(args, recorded),
         "num_shots": recorded["source"]["num_shots"],
         "repeats": repeats_kind([r["trial"] for r in records], [r["classifier_seed"] for r in records]),
         "dataset": {"id": args.dataset, "revision": args.dataset_revision},
@@ -300,9 +442,7 @@ def write_report(args, records: list[dict], context: dict) -> dict:
         "backbone": context["backbone"],
         "recipe": context["recipe"],
         "image_size": context["image_size"],
-        "training": {
-            name: sum(trial["training"][name] for trial in described) for name in ("real_images", "synthetic_images")
-        },
+        "training": {name: sum(trial["training"][name] for trial in described) for name in described[0]["training"]},
         "skipped": dict(skipped),
         "versions": _versions(),
         "per_classifier": [
@@ -311,6 +451,7 @@ def write_report(args, records: list[dict], context: dict) -> dict:
                 "classifier_seed": record["classifier_seed"],
                 "arm": record["arm"],
                 "synthetic_probability": record["synthetic_probability"],
+                "min_synthetic_score": record["min_synthetic_score"],
                 "synthetic_fraction_drawn": record["synthetic_fraction_drawn"],
                 **record["selected"],
                 "test_balanced_accuracy_per_epoch": [epoch["test_balanced_accuracy"] for epoch in record["history"]],
@@ -320,22 +461,34 @@ def write_report(args, records: list[dict], context: dict) -> dict:
         "aggregate": aggregate(records),
         "optimistic": args.select == "best_test_epoch",
     }
+    if args.min_synthetic_score_sweep:
+        kept = {t: sum(int(trial.training.keeps(t).sum()) for trial in trials) for t in args.min_synthetic_score_sweep}
+        results["min_synthetic_score_sweep"] = sweep_table(records, kept, results["training"]["synthetic_images"])
     if context.get("diversity"):
         results["diversity"] = context["diversity"]
     write_json_atomically(output_dir / "results.json", results)
     with atomic_output(output_dir / "results.md") as temporary:
         temporary.write_text(results_markdown(results), encoding="utf-8")
     write_epochs_csv(output_dir / "epochs.csv", records)
-    plot_accuracy_per_epoch(
-        output_dir / "accuracy_per_epoch.png",
-        records,
-        f"{results['method']}, {results['num_shots']}-shot, {args.backbone}",
-    )
+    title = f"{results['method']}, {results['num_shots']}-shot, {args.backbone}"
+    plot_accuracy_per_epoch(output_dir / "accuracy_per_epoch.png", records, title)
+    if args.min_synthetic_score_sweep:
+        threshold = args.min_synthetic_score
+        plot_accuracy_vs_min_synthetic_score(
+            output_dir / "accuracy_vs_min_synthetic_score.png",
+            results["min_synthetic_score_sweep"],
+            results["aggregate"],
+            "augmented, " + (f"synthetic score ≥ {threshold}" if threshold is not None else "all synthetic images"),
+            results["repeats"],
+            title,
+        )
     scores, scales = [], []
     for trial in trials:
         columns = trial.splits.augmented.select_columns(["is_synthetic", "clip_score", "ip_adapter_scale"]).to_dict()
         scores += [score for score, synthetic in zip(columns["clip_score"], columns["is_synthetic"]) if not synthetic]
-        scales += [scale for scale, synthetic in zip(columns["ip_adapter_scale"], columns["is_synthetic"]) if synthetic]
+        scales += [
+            scale for scale, synthetic in zip(columns["ip_adapter_scale"], columns["is_synthetic"]) if synthetic
+        ]
     plot_score_histograms(output_dir / "clip_score_lambda.png", scores, scales)
     logger.info("The report is in %s (results.md)", output_dir)
     return results
@@ -375,7 +528,10 @@ class PooledMethod:
         records = self.arms[arm]
         if select != "best_test_epoch":
             return {unit: record["test_balanced_accuracy"] for unit, record in records.items()}
-        curves = [[{"test_balanced_accuracy": value} for value in r["test_balanced_accuracy_per_epoch"]] for r in records.values()]
+        curves = [
+            [{"test_balanced_accuracy": value} for value in record["test_balanced_accuracy_per_epoch"]]
+            for record in records.values()
+        ]
         chosen = select_epochs(curves, select)
         return {unit: record["test_balanced_accuracy"] for unit, record in zip(records, chosen)}
 
@@ -411,12 +567,14 @@ def _read_results(run: str) -> dict:
 def _pool(run: str, results: dict, pooled: PooledMethod, where: str) -> None:
     """Adds a run's classifiers and draws to its method's pool; a trial evaluated twice is an error."""
     for record in results["per_classifier"]:
+        if record["arm"] == SWEEP_ARM:
+            continue  # the run's own accuracy-against-threshold table: the method is its augmented arm
         unit = (record["trial"], record["classifier_seed"])
         arm = pooled.arms[record["arm"]]
         if unit in arm:
             raise ValueError(
-                f"{(pooled.runs or [run])[0]!r} and {run!r} both evaluate trial {unit[0]} (classifier seed {unit[1]}) of "
-                f"{where}; give each trial once, or `method_label`s that tell the runs apart."
+                f"{(pooled.runs or [run])[0]!r} and {run!r} both evaluate trial {unit[0]} (classifier seed {unit[1]}) "
+                f"of {where}; give each trial once, or `method_label`s that tell the runs apart."
             )
         arm[unit] = record
     for trial in results["trials"]:
@@ -488,7 +646,8 @@ def load_comparison(runs: list[str], reference_method: str = REFERENCE_METHOD) -
             comparison.cells.setdefault(column, {})[shots] = {
                 method: mean_and_std([by_unit[unit] for unit in sorted(by_unit)]) for method, by_unit in values.items()
             }
-            comparison.repeats.setdefault(column, {})[shots] = repeats_kind([u[0] for u in units], [u[1] for u in units])
+            kind = repeats_kind([unit[0] for unit in units], [unit[1] for unit in units])
+            comparison.repeats.setdefault(column, {})[shots] = kind
             if reference_method in values and len(values) > 1:
                 reference = values[reference_method]
                 comparison.tests.setdefault(column, {})[shots] = [

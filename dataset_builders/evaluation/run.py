@@ -8,6 +8,8 @@ trial of a dataset written by `dalda augment --seeds`) and the classifier (seede
 trial, the augmented and real-only classifiers share the shots, the test set, the seed and every real draw and view,
 so each trial gives one paired difference, and the spread and the interval are over trials. On a dataset of one
 trial, `classifier_seeds` repeats only the classifier: the report calls those classifier repeats.
+`min_synthetic_score` restricts the synthetic images the augmented classifier may draw to those whose own CLIPScore
+reaches it, and `min_synthetic_score_sweep` adds one augmented classifier per threshold, on the same draws.
 
 The backbone runs once per image and view (features cached on disk), and the heads of every trial and arm train
 together as one batched computation. The paper's ResNet-50 mode (`batch_norm="paper"`) runs the backbone at every
@@ -35,6 +37,7 @@ from .data import (
     ImageRef,
     LeakError,
     TrialLocation,
+    check_synthetic_scores,
     find_trials,
     load_evaluation_splits,
     prepare_images,
@@ -42,7 +45,7 @@ from .data import (
 from .diversity import check_diversity_requirements, compute_diversity, diversity_table
 from .features import FeatureCache, FeatureExtractor, PreparedImage, RenderedFeatures, TrainModeBatchNormFeatures
 from .metrics import select_epochs
-from .report import write_report
+from .report import SWEEP_ARM, write_report
 from .training import (
     CachedFeatures,
     Draws,
@@ -59,7 +62,8 @@ from .views import IDENTITY, view_grid
 
 logger = logging.getLogger(__name__)
 
-ARMS = {"augmented": "augmented", "real_only": "real only"}
+ARMS = {"augmented": "augmented", "real_only": "real only", SWEEP_ARM: "augmented"}
+"""Each arm's name in progress bars; the sweep's arms are augmented arms, each at its own synthetic-score threshold."""
 
 
 @dataclass
@@ -70,6 +74,17 @@ class PreparedTraining:
     images: list[PreparedImage]
     real_hashes: dict[str, str]
     """Content hash → origin of every real training image, for the leak check."""
+    synthetic_scores: np.ndarray
+    """Each synthetic item's own CLIPScore (`synthetic_clip_score`, float32), in pool order; NaN where none is
+    recorded."""
+
+    def keeps(self, threshold: float) -> np.ndarray:
+        """Which synthetic items score at or above `threshold`, compared in the column's float32."""
+        return self.synthetic_scores >= np.float32(threshold)
+
+    def pool_at_or_above(self, threshold: float | None) -> TrainingPool:
+        """The pool whose draws may pick only the synthetic images at or above `threshold` (all of them for None)."""
+        return self.pool if threshold is None else self.pool.restricted(self.keeps(threshold))
 
 
 @dataclass
@@ -104,6 +119,8 @@ class Classifier:
     arm: str
     seed: int
     synthetic_probability: float
+    min_synthetic_score: float | None
+    """The synthetic-score threshold of the synthetic images it may draw (None: all of them)."""
     draws: Draws
 
 
@@ -131,7 +148,9 @@ def prepare_training(splits: EvaluationSplits, image_size: int, num_workers: int
     counts = np.bincount([group_of[position] for position, _ in synthetic], minlength=len(reals))
     pool = TrainingPool.from_groups([splits.reals[position].label for position, _ in reals], counts.tolist())
     real_hashes = {prepared.content_hash: splits.reals[position].origin for position, prepared in reals}
-    return PreparedTraining(pool, [p for _, p in reals] + [p for _, p in synthetic], real_hashes)
+    scores = [synthetic_refs[position].synthetic_clip_score for position, _ in synthetic]  # those that decoded
+    scores = np.array([np.nan if score is None else score for score in scores], dtype=np.float32)
+    return PreparedTraining(pool, [p for _, p in reals] + [p for _, p in synthetic], real_hashes, scores)
 
 
 def extract_evaluation_features(
@@ -204,18 +223,19 @@ def prepare_trial(location: TrialLocation, extractor: FeatureExtractor, args: Ev
 
 def plan_classifiers(trials: list[Trial], args: EvaluateArguments, view_sampling: str) -> list[Classifier]:
     """Every head to train: per trial, per classifier seed (the trial's own unless `classifier_seeds`), the
-    augmented arm and, beside it, the real-only arm on the same draws."""
-    arms = {"augmented": args.synthetic_probability}
+    augmented arm (on the synthetic images at or above `min_synthetic_score`, where set), beside it the real-only arm,
+    and one augmented arm per threshold of `min_synthetic_score_sweep`, all on the same real draws."""
+    arms = [("augmented", args.synthetic_probability, args.min_synthetic_score)]
     if args.real_only_baseline and args.synthetic_probability > 0:
-        arms["real_only"] = 0.0
-    classifiers = []
+        arms.append(("real_only", 0.0, None))
+    arms += [(SWEEP_ARM, args.synthetic_probability, threshold) for threshold in args.min_synthetic_score_sweep or []]
+    classifiers, schedule = [], args.schedule()
     for index, trial in enumerate(trials):
         for seed in args.classifier_seeds or [trial.seed]:
-            for arm, probability in arms.items():
-                draws = draw_training_batches(
-                    trial.training.pool, args.schedule(), seed, probability, view_sampling, args.rotation_step
-                )
-                classifiers.append(Classifier(index, arm, seed, probability, draws))
+            for arm, probability, threshold in arms:
+                pool = trial.training.pool_at_or_above(threshold)
+                draws = draw_training_batches(pool, schedule, seed, probability, view_sampling, args.rotation_step)
+                classifiers.append(Classifier(index, arm, seed, probability, threshold, draws))
     return classifiers
 
 
@@ -249,7 +269,7 @@ def train_classifiers(
                 [classifier.draws],
                 [pool_labels],
                 paper_mode_scorer(features_of, trial, device),
-                description=f"{ARMS[classifier.arm]}, trial {trial.seed}, seed {classifier.seed}",
+                description=f"{arm_description(classifier)}, trial {trial.seed}, seed {classifier.seed}",
             )
         return histories
 
@@ -274,6 +294,37 @@ def train_classifiers(
         offsets=[starts[classifier.trial] for classifier in classifiers],
         description=f"{len(classifiers)} classifiers",
     )
+
+
+def arm_description(classifier: Classifier) -> str:
+    """The classifier's arm in words, with its synthetic-score threshold where it has one."""
+    threshold = classifier.min_synthetic_score
+    return ARMS[classifier.arm] + (f", synthetic score ≥ {threshold}" if threshold is not None else "")
+
+
+def classifier_records(
+    classifiers: list[Classifier], histories: list[list[dict]], trials: list[Trial], rule: str
+) -> list[dict]:
+    """Each classifier's report record: what it trained on and its reported epoch, chosen by `rule` among the
+    classifiers of its arm and threshold (the released code's rule shares one epoch among them)."""
+    records = []
+    for arm, threshold in dict.fromkeys((c.arm, c.min_synthetic_score) for c in classifiers):
+        members = [i for i, c in enumerate(classifiers) if (c.arm, c.min_synthetic_score) == (arm, threshold)]
+        for index, chosen in zip(members, select_epochs([histories[index] for index in members], rule)):
+            classifier = classifiers[index]
+            records.append(
+                {
+                    "arm": arm,
+                    "trial": trials[classifier.trial].seed,
+                    "classifier_seed": classifier.seed,
+                    "synthetic_probability": classifier.synthetic_probability,
+                    "min_synthetic_score": threshold,
+                    "synthetic_fraction_drawn": float(classifier.draws.is_synthetic.mean()),
+                    "selected": chosen,
+                    "history": histories[index],
+                }
+            )
+    return records
 
 
 def paper_mode_scorer(features_of: TrainModeBatchNormFeatures, trial: Trial, device: torch.device) -> EpochScorer:
@@ -316,6 +367,9 @@ def evaluate_augmented_dataset(args: EvaluateArguments, diversity_args: Diversit
             f"{args.dataset!r} holds {len(locations)} trials, each of which seeds its classifier with its own seed; "
             "`classifier_seeds` repeats the classifier on a dataset of one trial only."
         )
+    if args.filters_synthetic_images:
+        for location in locations:
+            check_synthetic_scores(location, args.dataset_revision)
     create_output_dir(args.output_dir)
     device = args.resolved_device()
     backbone = load_backbone(args.backbone, device, getattr(torch, args.dtype))
@@ -345,24 +399,7 @@ def evaluate_augmented_dataset(args: EvaluateArguments, diversity_args: Diversit
         args.weight_decay if args.weight_decay is not None else backbone.recipe.weight_decay,
     )
     histories = train_classifiers(classifiers, trials, backbone, extractor, recipe, args, device)
-
-    records = []
-    for arm in ARMS:
-        members = [index for index, classifier in enumerate(classifiers) if classifier.arm == arm]
-        selected = select_epochs([histories[index] for index in members], args.select) if members else []
-        for index, chosen in zip(members, selected):
-            classifier = classifiers[index]
-            records.append(
-                {
-                    "arm": arm,
-                    "trial": trials[classifier.trial].seed,
-                    "classifier_seed": classifier.seed,
-                    "synthetic_probability": classifier.synthetic_probability,
-                    "synthetic_fraction_drawn": float(classifier.draws.is_synthetic.mean()),
-                    "selected": chosen,
-                    "history": histories[index],
-                }
-            )
+    records = classifier_records(classifiers, histories, trials, args.select)
     context = {
         "trials": trials,
         "backbone": {

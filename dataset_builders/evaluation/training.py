@@ -2,9 +2,9 @@
 
 Every random draw of a classifier comes from its own stream ([`pipeline_dalda.seeding.stream`]) keyed by its seed:
 which real images a step draws, which of them are replaced by synthetic images, and which views they are seen in. So
-the real draws and views are the same whatever the synthetic probability p, and the real-only (p = 0) and augmented
-classifiers of one trial form a matched pair. The heads of every trial and arm train together
-([`StackedLinearHeads`]).
+the real draws and views are the same whatever the synthetic probability p and whichever synthetic images may be
+drawn, and the real-only (p = 0) and augmented classifiers of one trial (each synthetic-score threshold's among them)
+are matched. The heads of every trial and arm train together ([`StackedLinearHeads`]).
 """
 
 from collections.abc import Callable
@@ -37,24 +37,49 @@ class TrainingSchedule:
 @dataclass
 class TrainingPool:
     """The training items: the real images first, then every synthetic image, grouped by the real image they were
-    made from. `labels` holds every item's class."""
+    made from. `labels` holds every item's class. The synthetic images a draw may pick are `synthetic_items`, grouped
+    the same way: all of them, or those a [`restricted`] pool keeps (the items, their indices and their features stay
+    the same)."""
 
     labels: np.ndarray
+    synthetic_items: np.ndarray
+    """The item indices of the synthetic images that may be drawn, real image by real image."""
     synthetic_offsets: np.ndarray
-    """Per real image: the item index of its first synthetic image."""
+    """Per real image: where its synthetic images start in `synthetic_items`."""
     synthetic_counts: np.ndarray
-    """Per real image: how many synthetic images it has."""
+    """Per real image: how many of its synthetic images may be drawn."""
 
     @classmethod
     def from_groups(cls, real_labels: list[int], synthetic_counts: list[int]) -> "TrainingPool":
         counts = np.asarray(synthetic_counts, dtype=np.int64)
-        offsets = len(real_labels) + np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
         labels = np.concatenate([real_labels, np.repeat(real_labels, counts)]).astype(np.int64)
-        return cls(labels, offsets, counts)
+        items = np.arange(len(real_labels), len(labels), dtype=np.int64)
+        return cls(labels, items, _starts(counts), counts)
 
     @property
     def num_reals(self) -> int:
         return len(self.synthetic_counts)
+
+    @property
+    def num_synthetic(self) -> int:
+        """Every synthetic item of the pool, whether it may be drawn or not."""
+        return len(self.labels) - self.num_reals
+
+    def restricted(self, keep: np.ndarray) -> "TrainingPool":
+        """The pool whose draws may pick only the synthetic images that `keep` (one flag per synthetic item, in item
+        order) marks, among those this pool may draw; a real image left without any is never replaced."""
+        keep = np.asarray(keep, dtype=bool)
+        if keep.shape != (self.num_synthetic,):
+            raise ValueError(f"`keep` needs one flag per synthetic item ({self.num_synthetic}), got {keep.shape}.")
+        kept = keep[self.synthetic_items - self.num_reals]
+        owners = np.repeat(np.arange(self.num_reals), self.synthetic_counts)
+        counts = np.bincount(owners[kept], minlength=self.num_reals).astype(np.int64)
+        return TrainingPool(self.labels, self.synthetic_items[kept], _starts(counts), counts)
+
+
+def _starts(counts: np.ndarray) -> np.ndarray:
+    """Where each group of `counts` starts when the groups are laid end to end."""
+    return np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
 
 
 @dataclass
@@ -91,10 +116,15 @@ def draw_training_batches(
     The paper's sampling for one trial.
 
     Each step draws `batch_size` real images uniformly with replacement. Each drawn real image r is replaced, with
-    probability p, by one of its own synthetic images, chosen uniformly: `item = s_r[⌊u · |s_r|⌋]`, u ~ U[0, 1)
-    (a real image without synthetic images stays). Each item is then seen in a random view: a fair flip and an
-    angle uniform in [−15°, 15°] (`"continuous"`, the released code's `RandomRotation`), or the nearest view of
-    [`view_grid`] of `rotation_step` to that same draw (`"grid"`, what the feature cache holds).
+    probability p, by one of its own synthetic images that the pool may draw, chosen uniformly:
+    `item = s_r[⌊u · |s_r|⌋]`, u ~ U[0, 1) (a real image without any stays). Each item is then seen in a random
+    view: a fair flip and an angle uniform in [−15°, 15°] (`"continuous"`, the released code's `RandomRotation`),
+    or the nearest view of [`view_grid`] of `rotation_step` to that same draw (`"grid"`, what the feature cache
+    holds).
+
+    The real images, the replacement coins, u and the views are drawn whatever the pool's `s_r`, so pools that keep
+    different synthetic images ([`TrainingPool.restricted`]) give paired draws: the same real images, coins and
+    views at every step; only which synthetic image, if any, replaces a drawn real image differs.
     """
     shape = (schedule.epochs, schedule.iterations_per_epoch, schedule.batch_size)
     reals = stream("training_draws", seed).integers(0, pool.num_reals, size=shape)
@@ -102,8 +132,9 @@ def draw_training_batches(
     replace, choice = mixing.random(shape) < synthetic_probability, mixing.random(shape)
     counts = pool.synthetic_counts[reals]
     replace &= counts > 0
-    synthetic_items = pool.synthetic_offsets[reals] + np.floor(choice * counts).astype(np.int64)
-    items = np.where(replace, synthetic_items, reals)
+    picked = pool.synthetic_offsets[reals] + np.floor(choice * counts).astype(np.int64)
+    items = reals.copy()
+    items[replace] = pool.synthetic_items[picked[replace]]
 
     flips, angles = draw_views(stream("views", seed), shape)
     grid = None
