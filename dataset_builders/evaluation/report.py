@@ -210,7 +210,8 @@ def results_markdown(results: dict) -> str:
     ]
     for record in classifiers:
         lines.append(
-            f"| {record['trial']} | {record['classifier_seed']} | {_training_data(record)} | "
+            f"| {record['trial']} | {record['classifier_seed']} | "
+            f"{arm_in_words(record['arm'], record['min_synthetic_score'])} | "
             f"{record['epoch']} | {record['test_balanced_accuracy']:.4f} | {record['test_top1']:.4f} | "
             f"{record['synthetic_fraction_drawn']:.3f} |"
         )
@@ -227,11 +228,13 @@ def results_markdown(results: dict) -> str:
 _PAIRED = {"trials": "paired over trials", "classifier repeats": "paired over classifier repeats"}
 
 
-def _training_data(record: dict) -> str:
+def arm_in_words(arm: str, threshold: float | None) -> str:
     """A classifier's arm in words, with the synthetic-score threshold of the synthetic images it drew from."""
-    arm = "augmented" if record["arm"] == SWEEP_ARM else record["arm"].replace("_", " ")
-    threshold = record["min_synthetic_score"]
-    return arm + (f", synthetic score ≥ {threshold}" if threshold is not None else "")
+    return ("augmented" if arm == SWEEP_ARM else arm.replace("_", " ")) + _at_or_above(threshold)
+
+
+def _at_or_above(threshold: float | None) -> str:
+    return f", synthetic score ≥ {threshold}" if threshold is not None else ""
 
 
 def sweep_markdown(results: dict) -> list[str]:
@@ -393,8 +396,7 @@ def evaluated_method(args: EvaluateArguments, recorded: dict) -> str:
     one)."""
     if args.method_label:
         return args.method_label
-    threshold = args.min_synthetic_score
-    return method_label(recorded) + (f", synthetic score ≥ {threshold}" if threshold is not None else "")
+    return method_label(recorded) + _at_or_above(args.min_synthetic_score)
 
 
 def training_counts(training: "PreparedTraining", threshold: float | None) -> dict[str, int]:

@@ -45,7 +45,7 @@ from .data import (
 from .diversity import check_diversity_requirements, compute_diversity, diversity_table
 from .features import FeatureCache, FeatureExtractor, PreparedImage, RenderedFeatures, TrainModeBatchNormFeatures
 from .metrics import select_epochs
-from .report import SWEEP_ARM, write_report
+from .report import SWEEP_ARM, arm_in_words, write_report
 from .training import (
     CachedFeatures,
     Draws,
@@ -62,8 +62,6 @@ from .views import IDENTITY, view_grid
 
 logger = logging.getLogger(__name__)
 
-ARMS = {"augmented": "augmented", "real_only": "real only", SWEEP_ARM: "augmented"}
-"""Each arm's name in progress bars; the sweep's arms are augmented arms, each at its own synthetic-score threshold."""
 
 
 @dataclass
@@ -269,7 +267,8 @@ def train_classifiers(
                 [classifier.draws],
                 [pool_labels],
                 paper_mode_scorer(features_of, trial, device),
-                description=f"{arm_description(classifier)}, trial {trial.seed}, seed {classifier.seed}",
+                description=f"{arm_in_words(classifier.arm, classifier.min_synthetic_score)}, trial {trial.seed}, "
+                f"seed {classifier.seed}",
             )
         return histories
 
@@ -294,12 +293,6 @@ def train_classifiers(
         offsets=[starts[classifier.trial] for classifier in classifiers],
         description=f"{len(classifiers)} classifiers",
     )
-
-
-def arm_description(classifier: Classifier) -> str:
-    """The classifier's arm in words, with its synthetic-score threshold where it has one."""
-    threshold = classifier.min_synthetic_score
-    return ARMS[classifier.arm] + (f", synthetic score ≥ {threshold}" if threshold is not None else "")
 
 
 def classifier_records(
