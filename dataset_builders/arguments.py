@@ -80,9 +80,11 @@ class SourceArguments(ClassListArguments):
 def method_defaults(method: str) -> dict[str, Any]:
     """The settings `method` uses where [`AugmentArguments`] leaves them unset.
 
-    DALDA: the paper's (DESIGN §2, Table 4). Real Guidance and DA-Fusion: DA-Fusion's code, which the paper ran for
-    its baselines, calls diffusers' img2img with its default 50 steps (int(50 · strength) run), no prompt prefix and
-    no negative prompt.
+    DALDA: the paper's (DESIGN §2, Table 4). Real Guidance and DA-Fusion: DA-Fusion's own code (`train_classifier.py`
+    with `--aug real-guidance` or `textual-inversion`; our reading of the paper's baselines, for which DALDA's released
+    code has none) calls diffusers' img2img with its default 50 steps, no prompt prefix and no negative prompt. Our
+    DDIM runs int(50 · strength) of them; DA-Fusion's PNDM one more (26 from t = 501 at strength 0.5, ours 25 from
+    t = 481).
     """
     # Imported here: the pipeline module loads torch and diffusers, which `--help` must not wait for.
     from pipeline_dalda.pipeline import DEFAULT_NEGATIVE_PROMPT, DEFAULT_PROMPT_PREFIX
@@ -131,13 +133,14 @@ class AugmentArguments:
     prompt_prefix: str | None = field(
         default=None,
         metadata={
-            "help": "Put before every prompt; unset: DALDA's (`DEFAULT_PROMPT_PREFIX`), none for real_guidance.",
+            "help": "Put before every prompt; unset: DALDA's (`DEFAULT_PROMPT_PREFIX`), none for real_guidance and "
+            "da_fusion.",
         },
     )
     negative_prompt: str | None = field(
         default=None,
         metadata={
-            "help": "Unset: DALDA's (`DEFAULT_NEGATIVE_PROMPT`), none for real_guidance; '' for none.",
+            "help": "Unset: DALDA's (`DEFAULT_NEGATIVE_PROMPT`), none for real_guidance and da_fusion; '' for none.",
         },
     )
     clip_score_mode: CLIPScoreMode = field(
@@ -175,7 +178,8 @@ class AugmentArguments:
             "help": "Regenerate every synthetic image whose own CLIPScore (`synthetic_clip_score`, scored as its real "
             "image is) falls below this, with a new seed and λ raised by `retry_scale_step`, up to `max_attempts`; "
             "each row keeps its best-scoring attempt. Unset: each image is kept as first made, its score recorded. "
-            "Method 'dalda' only.",
+            "Method 'dalda' only. A score can move with the batch size (within 1e-4 in the tests), so an image that "
+            "close to the threshold can be kept at one batch size and made again at another.",
         },
     )
     max_attempts: int = field(

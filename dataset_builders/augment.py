@@ -40,7 +40,7 @@ import json
 import logging
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator, NamedTuple
@@ -65,6 +65,7 @@ from .hub_layout import (
     ALL_TOKENS_FILE,
     TOKENS_DIR,
     WORK_DIR,
+    image_settings,
     output_features,
     push_to_hub,
     resolved_settings,
@@ -76,7 +77,7 @@ from .hub_layout import (
 from .methods import SyntheticItem, class_prompts, class_tokens_loaded, method_generation, method_models
 from .report import finalize_output, write_trials_card
 from .source import RealImages, load_real_images, run_shots
-from .textual_inversion import decoded_shots, train_class_tokens, training_settings
+from .textual_inversion import check_token_inputs, decoded_shots, train_class_tokens, training_settings
 
 
 logger = logging.getLogger(__name__)
@@ -153,9 +154,14 @@ class DatasetAugmenter:
         clip_scores: dict[int, float | None],
         progress: tqdm,
         process_index: int = 0,
+        compiled: bool = False,
     ):
         self.real, self.prompts, self.progress = real, prompts, progress
         self.clip_scores, self.process_index = clip_scores, process_index
+        # What made this process's shards, in each shard's report: the device and dtype (which a rerun must match by
+        # type and value, [`image_settings`]) and whether the UNet was compiled (which it need not).
+        self.made_with = {"device": str(pipe.device), "dtype": str(pipe.dtype).removeprefix("torch."),
+                          "compile": compiled}
         self.source_args, self.args = source_args, args
         self.features = output_features(real.class_names)
         self.generation = method_generation(pipe, args, ags, source_args.num_shots)
@@ -210,7 +216,7 @@ class DatasetAugmenter:
             # Nothing is cached (the shard is kept in memory): name the result instead of hashing the transform.
             new_fingerprint=hashlib.sha256(json.dumps(source_indices).encode()).hexdigest()[:32],
         )
-        return shard, {"skipped": skipped, "process": self.process_index}
+        return shard, {"skipped": skipped, "process": self.process_index, "made_with": self.made_with}
 
     def _write_shard(self, index: int, count: int, shard: datasets.Dataset, report: dict[str, Any]) -> None:
         """Writes a shard's report, then its parquet file: the parquet file existing means the shard is finished."""
@@ -379,8 +385,9 @@ def run_settings(
     ags: AdaptiveGuidanceScaling,
     textual_inversion: TextualInversionArguments | None = None,
 ) -> dict[str, Any]:
-    """What decides the output's content; a resumed run must match it. Batch size and devices do not. DA-Fusion's
-    adds how its tokens are learned (`textual_inversion`, DA-Fusion's settings when None)."""
+    """What decides the output's content; a resumed run must match it. The batch size, the GPU index and `compile`
+    do not; the dtype and the device type do ([`image_settings`]). DA-Fusion's adds how its tokens are learned
+    (`textual_inversion`, DA-Fusion's settings when None)."""
     generation = asdict(args)
     for name in ("output_dir", "seeds", "batch_size", "contact_sheet_rows", "push_to_hub", "private"):
         generation.pop(name)
@@ -389,12 +396,42 @@ def run_settings(
     models = asdict(model_args)
     for name in ("device", "dtype", "compile"):
         models.pop(name)
+    models.update(image_settings(model_args))
     # Local paths resolved: the same folders given from elsewhere are the same run, and a record read from elsewhere
     # still finds them.
     settings = {"source": asdict(source_args), "generation": generation, "models": models, "ags": asdict(ags)}
     if args.method == "da_fusion":
         settings["textual_inversion"] = training_settings(textual_inversion or TextualInversionArguments())
     return resolved_settings(settings)
+
+
+def check_run_inputs(
+    args: AugmentArguments,
+    model_args: ModelArguments,
+    class_names: list[str],
+    textual_inversion: TextualInversionArguments | None,
+) -> None:
+    """Refuses, before anything is written, the inputs a run would otherwise refuse only once it had started: a
+    refused run must leave nothing that makes the corrected command look like another run.
+
+    - `min_synthetic_score` without a CLIP model to score with;
+    - DA-Fusion's textual-inversion inputs ([`check_token_inputs`], with the model's tokenizer);
+    - a textual-inversion option given to another method, which would be ignored.
+    """
+    if args.min_synthetic_score is not None and not model_args.clip_score_model:
+        raise ValueError("`min_synthetic_score` scores each synthetic image with CLIP; name a `clip_score_model`.")
+    training = textual_inversion or TextualInversionArguments()
+    if args.method == "da_fusion":
+        check_token_inputs(model_args.pretrained_model_name_or_path, class_names, training)
+        return
+    defaults = TextualInversionArguments()
+    given = [name for name in (option.name for option in fields(training))
+             if getattr(training, name) != getattr(defaults, name)]
+    if given:
+        raise ValueError(
+            f"`{given[0]}` is a textual-inversion option, which `method={args.method!r}` does not use (only "
+            "'da_fusion' learns tokens); leave it out."
+        )
 
 
 PipelineLoader = Callable[[ModelArguments], DALDAPipeline]
@@ -420,11 +457,10 @@ def augment_dataset(
     if args.seeds is not None:
         return augment_trials(source_args, args, model_args, ags, textual_inversion)
     model_args = method_models(args, model_args)
-    if args.min_synthetic_score is not None and not model_args.clip_score_model:
-        raise ValueError("`min_synthetic_score` scores each synthetic image with CLIP; name a `clip_score_model`.")
     # On the CPU, accelerate forms a process group only when told it runs on the CPU.
     state = PartialState(cpu=model_args.resolved_device().type == "cpu")
     real = load_real_images(source_args)
+    check_run_inputs(args, model_args, real.class_names, textual_inversion)
     selected = run_shots(real, source_args, args.seed)
     prompts = class_prompts(args, real.class_names)
     settings = run_settings(source_args, args, model_args, ags, textual_inversion)
@@ -475,7 +511,8 @@ def augment_dataset(
                 tqdm(total=total, desc="synthetic images", unit="img", disable=not state.is_local_main_process) as bar,
             ):
                 augmenter = DatasetAugmenter(
-                    loaded(), real, prompts, source_args, args, ags, clip_scores, bar, state.process_index
+                    loaded(), real, prompts, source_args, args, ags, clip_scores, bar, state.process_index,
+                    compiled=model_args.compile,
                 )
                 augmenter.build_shards([(index, shards[index]) for index in mine], len(shards))
     state.wait_for_everyone()
@@ -546,7 +583,10 @@ def augment_trials(
     Returns `{seed: run summary}` on the main process, None on the others.
     """
     state = PartialState(cpu=method_models(args, model_args).resolved_device().type == "cpu")
-    class_prompts(args, load_real_images(source_args).class_names)  # bad inputs are refused before anything is made
+    class_names = load_real_images(source_args).class_names
+    # Bad inputs are refused before anything is made.
+    check_run_inputs(args, method_models(args, model_args), class_names, textual_inversion)
+    class_prompts(args, class_names)
     shared = run_settings(source_args, replace(args, seeds=None), model_args, ags, textual_inversion)
     root = create_output_dir(args.output_dir)
     shared["generation"].pop("seed")

@@ -11,6 +11,7 @@ import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline_dalda.arguments import ModelArguments
 from pipeline_dalda.atomic import atomic_output, write_json_atomically
 from pipeline_dalda.publish import push_folder
 
@@ -48,6 +49,22 @@ _PATH_SETTINGS = {
     "models": ("pretrained_model_name_or_path", "vae", "ip_adapter", "clip_score_model"),
 }
 """The settings that name a file, a folder or a Hub id."""
+
+
+def image_settings(model_args: ModelArguments) -> dict[str, str]:
+    """The device options that change what a run makes, as a run's settings record them (a rerun must match them):
+
+    - `dtype`, resolved ('auto' is float16 on CUDA, float32 elsewhere): float16 and float32 make other images, so one
+      dataset must not mix them.
+    - `device`, by its type only (`cuda`, `cpu`, `mps`): CPU and CUDA kernels make other images, while `cuda:0` and
+      `cuda:1` make the same, so a run may move between GPUs (and share them out under `accelerate launch`).
+
+    `compile` is left out: the compiled UNet's images match eager's within float rounding (about 3e-6 on the model
+    kit, `tests/test_compile_and_precision.py`), as other batch sizes do; each shard's report records it instead,
+    with the device and dtype that made the shard.
+    """
+    dtype = str(model_args.resolved_dtype()).removeprefix("torch.")
+    return {"dtype": dtype, "device": model_args.resolved_device().type}
 
 
 LOCAL_PREFIX = "./"

@@ -32,6 +32,7 @@ from accelerate import PartialState
 from safetensors import SafetensorError
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
+from transformers import CLIPTokenizer
 
 from pipeline_dalda.atomic import atomic_output, create_output_dir, remove_stale_temporaries, write_json_atomically
 from pipeline_dalda.images import BadImage, load_image
@@ -41,6 +42,7 @@ from pipeline_dalda.textual_inversion import (
     TOKEN_FILE_FORMAT,
     StableDiffusionComponents,
     TextualInversionTrainer,
+    check_tokenizer,
     class_seed,
     class_token,
     images_fingerprint,
@@ -55,7 +57,7 @@ from pipeline_dalda.textual_inversion_arguments import (
 )
 
 from .arguments import SourceArguments
-from .hub_layout import ALL_TOKENS_FILE, WORK_DIR, public_settings, resolved_settings
+from .hub_layout import ALL_TOKENS_FILE, WORK_DIR, image_settings, public_settings, resolved_settings
 from .source import RealImages, load_real_images, run_shots
 
 
@@ -75,7 +77,7 @@ def token_path(output_dir: str | os.PathLike, class_name: str) -> Path:
 
 def training_settings(args: TextualInversionArguments) -> dict[str, Any]:
     """What decides the tokens, of `args`: the mixed precision and gradient checkpointing change speed and memory,
-    not the method (as the dtype and batch size of `dalda augment`), so a rerun may change them."""
+    not the method (as the batch size of `dalda augment`), so a rerun may change them."""
     settings = asdict(args)
     for name in ("mixed_precision", "gradient_checkpointing"):
         settings.pop(name)
@@ -94,6 +96,24 @@ def _checked_tokens(class_names: Sequence[str]) -> dict[str, str]:
                 "case is ignored); rename one."
             )
     return tokens
+
+
+def check_token_inputs(
+    pretrained_model_name_or_path: str, class_names: Sequence[str], args: TextualInversionArguments
+) -> None:
+    """Refuses, before anything is written, every input the training would refuse: two classes whose tokens read
+    alike, and — with the model's tokenizer, loaded alone (small and quick; the model loads later, if at all) — an
+    `initializer_token` that is not one token, or a class token the tokenizer already has. Run first, a refused run
+    leaves no record that would make the corrected command look like another run."""
+    tokens = _checked_tokens(class_names)
+    try:
+        tokenizer = CLIPTokenizer.from_pretrained(pretrained_model_name_or_path, subfolder="tokenizer")
+    except OSError as error:
+        raise ValueError(
+            f"The tokenizer of `pretrained_model_name_or_path` {pretrained_model_name_or_path!r} cannot be loaded: "
+            f"{error}"
+        ) from error
+    check_tokenizer(tokenizer, args.initializer_token, list(tokens.values()))
 
 
 def _finished(path: Path) -> bool:
@@ -290,7 +310,12 @@ def train_dataset_tokens(
     `run_args.output_dir`. Returns `{class name: token}`."""
     state = PartialState(cpu=model_args.resolved_device().type == "cpu")
     shots = class_shots(source_args, run_args.seed)
-    models = {"pretrained_model_name_or_path": model_args.pretrained_model_name_or_path, "vae": model_args.vae}
+    check_token_inputs(model_args.pretrained_model_name_or_path, list(shots), args)
+    models = {
+        "pretrained_model_name_or_path": model_args.pretrained_model_name_or_path,
+        "vae": model_args.vae,
+        **image_settings(model_args),
+    }
     settings = resolved_settings({"source": asdict(source_args), "models": models})
     # Settings checked before the model loads: a changed one, or a bad folder, is refused at once; and a finished
     # run loads no model.

@@ -66,8 +66,9 @@ class ModelArguments:
     compile: bool = field(
         default=False,
         metadata={
-            "help": "torch.compile the UNet: one graph per batch size, which new per-item λ's do not recompile; "
-            "pays for its compile time on long runs."
+            "help": "torch.compile the UNet: one graph per batch size, which new per-item λ's do not recompile. "
+            "Measured only on 2 CPU cores in float32 (scripts/README.md): 0.95× to 1.01× the eager UNet's speed, "
+            "after about 8 minutes of compiling; not yet measured on a GPU."
         },
     )
 

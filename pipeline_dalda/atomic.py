@@ -10,6 +10,26 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
+def check_output_dir(path: str | os.PathLike, option: str = "output_dir") -> None:
+    """Refuses, without creating anything, a folder a command could not write to: `path` is a file, lies under a
+    file, or its nearest existing folder is not writable. For commands that must check more (a model) before the
+    folder may exist; [`create_output_dir`] checks again as it creates it.
+
+    Raises:
+        ValueError: naming the folder (as the option `option`) and what to do.
+    """
+    path = Path(path)
+    existing = next(folder for folder in (path, *path.parents) if folder.exists() or folder == folder.parent)
+    if not existing.is_dir():
+        where = "is a file" if existing == path else f"lies under the file {str(existing)!r}"
+        raise ValueError(f"`{option}` {str(path)!r} {where}, not a folder; name a folder to write into.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(
+            f"Cannot write to `{option}` {str(path)!r} ({str(existing)!r} is not writable); name a folder you can "
+            "write to."
+        )
+
+
 def create_output_dir(path: str | os.PathLike, option: str = "output_dir") -> Path:
     """Creates the folder a command writes to, or fails at once — before any model is loaded — with an error naming
     the folder (as the option `option`) and what to do.

@@ -132,7 +132,7 @@ def _compare_command():
     from dataset_builders.evaluation.arguments import CompareArguments
 
     def compare(args: CompareArguments) -> None:
-        from dataset_builders.evaluation.report import compare_runs
+        from dataset_builders.evaluation.comparison import compare_runs
 
         print(compare_runs(args))
 

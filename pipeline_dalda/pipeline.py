@@ -509,6 +509,10 @@ class DALDAPipeline(StableDiffusionPipeline):
     prompt) with a text prompt and is generated with its own IP-Adapter weight λ, sampled by
     [`AdaptiveGuidanceScaling`] from the real image's CLIPScore or given by the caller.
 
+    For a real image already at the generation size, each item is what [`StableDiffusionPipeline`] with
+    `set_ip_adapter_scale(λ)` gives for that item alone; a real image of another size is squashed to the generation
+    size before the image encoder ([`~DALDAPipeline.resize_to_generation_size`]), which diffusers does not do.
+
     Load an IP-Adapter with [`~loaders.IPAdapterMixin.load_ip_adapter`] before calling, e.g.
     `pipe.load_ip_adapter("h94/IP-Adapter", subfolder="models", weight_name="ip-adapter_sd15.bin")`.
 

@@ -1,6 +1,8 @@
-"""Textual inversion per class, as DA-Fusion's released code does it: the first half of the paper's DA-Fusion
-baseline (Trabucco et al., 2023, "Effective Data Augmentation With Diffusion Models"; `fine_tune.py` of
-`brandontrabucco/da-fusion`, itself adapted from diffusers' `examples/textual_inversion/textual_inversion.py`).
+"""Textual inversion per class, as DA-Fusion's released code does it: the first half of DA-Fusion (Trabucco et al.,
+2023, "Effective Data Augmentation With Diffusion Models"; `fine_tune.py` of `brandontrabucco/da-fusion`, run with its
+`scripts/fine_tuning` settings; itself adapted from diffusers' `examples/textual_inversion/textual_inversion.py`).
+That this is the DALDA paper's DA-Fusion baseline is our reading (DALDA's released code has none); DA-Fusion's
+multi-vector variant, `fine_tune_upstream.py` (`--num_vectors`), is not implemented.
 
 Each class gets one new token, `<class_name>` ([`class_token`]), whose input-embedding row starts as the row of
 "the" and is the only thing that learns; the text encoder, UNet and VAE stay frozen. One step, on a batch of the
@@ -117,6 +119,31 @@ def class_seed(run_seed: int, class_name: str) -> int:
     return int(sequence.generate_state(1, dtype=np.uint64)[0] >> 1)  # < 2**63: a valid torch seed
 
 
+def initializer_token_id(tokenizer, initializer_token: str) -> int:
+    """The id of `initializer_token`, the word each new token's row starts from; refused unless it is one token for
+    `tokenizer`."""
+    ids = tokenizer.encode(initializer_token, add_special_tokens=False)
+    if len(ids) != 1:
+        raise ValueError(
+            f"`initializer_token` {initializer_token!r} is {len(ids)} tokens for this tokenizer; give a word that is "
+            "one token (DA-Fusion: 'the')."
+        )
+    return ids[0]
+
+
+def check_tokenizer(tokenizer, initializer_token: str, tokens: Sequence[str]) -> None:
+    """Refuses, with `tokenizer` alone (no model), what training would refuse about the tokens: an
+    `initializer_token` that is not one token, or a class's new token that the tokenizer already has. A caller checks
+    this before it writes anything, so that a refused run leaves nothing behind."""
+    initializer_token_id(tokenizer, initializer_token)
+    vocabulary = tokenizer.get_vocab()
+    known = [token for token in tokens if token in vocabulary]
+    if known:
+        raise ValueError(
+            f"The tokenizer already has the tokens {known[:10]}; a class's token must be new (rename the class)."
+        )
+
+
 class StableDiffusionComponents(Protocol):
     """What textual inversion needs: a Stable Diffusion pipeline, or anything with the same attributes."""
 
@@ -204,27 +231,16 @@ class TextualInversionTrainer:
         self.scaling_factor = getattr(self.vae.config, "scaling_factor", None) or LATENT_SCALING_FACTOR
         self.tokenizer = None
         self.text_encoder = None
-        self._check_initializer(components.tokenizer)
-
-    def _check_initializer(self, tokenizer) -> int:
-        ids = tokenizer.encode(self.args.initializer_token, add_special_tokens=False)
-        if len(ids) != 1:
-            raise ValueError(
-                f"`initializer_token` {self.args.initializer_token!r} is {len(ids)} tokens for this tokenizer; "
-                "give a word that is one token (DA-Fusion: 'the')."
-            )
-        return ids[0]
+        initializer_token_id(components.tokenizer, args.initializer_token)
 
     def _working_copies(self, token: str) -> int:
         """Fresh copies of the tokenizer (with `token` added) and of the text encoder (float32, one row more, that
         row the initializer's, only the input embeddings trainable); returns the token's id."""
+        check_tokenizer(self.components.tokenizer, self.args.initializer_token, [token])
         tokenizer = copy.deepcopy(self.components.tokenizer)
-        if tokenizer.add_tokens(token) == 0:
-            raise ValueError(
-                f"The tokenizer already has the token {token!r}; a class's token must be new (rename the class)."
-            )
+        tokenizer.add_tokens(token)
         token_id = tokenizer.convert_tokens_to_ids(token)
-        initializer_id = self._check_initializer(tokenizer)
+        initializer_id = initializer_token_id(tokenizer, self.args.initializer_token)
         text_encoder = copy.deepcopy(self.components.text_encoder).to(self.device, torch.float32)
         text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
         embeddings = text_encoder.get_input_embeddings().weight

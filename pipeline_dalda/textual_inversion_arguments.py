@@ -5,6 +5,7 @@ This module imports nothing heavy, so `dalda textual-inversion --help` answers a
 [`pipeline_dalda.textual_inversion`], the dataset-side stage `dataset_builders.textual_inversion`.
 """
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
@@ -16,8 +17,12 @@ MixedPrecision = Literal["auto", "no", "fp16", "bf16"]
 
 @dataclass
 class TextualInversionArguments:
-    """How each class's token is trained. The defaults are DA-Fusion's (its `scripts/fine_tuning/*.sh` running
-    `fine_tune.py`), which the DALDA paper ran as its DA-Fusion baseline.
+    """How each class's token is trained. The defaults are those of DA-Fusion's `fine_tune.py` as its
+    `scripts/fine_tuning/*.sh` run it: one token per class. That this is the DALDA paper's DA-Fusion baseline is our
+    reading: DALDA's released code has no DA-Fusion baseline, and `fine_tune.py` knows none of DALDA's datasets.
+    DA-Fusion's `fine_tune_upstream.py`, which knows Caltech-101 and Flowers102, is a multi-vector variant
+    (`--num_vectors`, used by `train_classifier.py --aug multi-token-inversion`, whose `--tokens-per-class` is 4 by
+    default); it is not implemented here.
 
     The learning rate a step uses is `learning_rate · train_batch_size · gradient_accumulation_steps` with
     `scale_lr` (DA-Fusion's `--scale_lr`; its third factor, the processes training one token, is always 1 here,
@@ -44,7 +49,9 @@ class TextualInversionArguments:
     )
     adam_beta1: float = field(default=0.9, metadata={"help": "AdamW's β1 (DA-Fusion: 0.9)."})
     adam_beta2: float = field(default=0.999, metadata={"help": "AdamW's β2 (DA-Fusion: 0.999)."})
-    adam_weight_decay: float = field(default=1e-2, metadata={"help": "AdamW decoupled weight decay."})
+    adam_weight_decay: float = field(
+        default=1e-2, metadata={"help": "AdamW's decoupled weight decay (DA-Fusion: 1e-2)."}
+    )
     adam_epsilon: float = field(default=1e-8, metadata={"help": "AdamW's ε (DA-Fusion: 1e-8)."})
     repeats: int = field(
         default=100,
@@ -54,7 +61,8 @@ class TextualInversionArguments:
         },
     )
     initializer_token: str = field(
-        default="the", metadata={"help": "The word (one token) whose embedding each new token starts from."}
+        default="the",
+        metadata={"help": "The word (one token) whose embedding each new token starts from (DA-Fusion: 'the')."},
     )
     mixed_precision: MixedPrecision = field(
         default="auto",
@@ -75,8 +83,15 @@ class TextualInversionArguments:
         for name in ("resolution", "train_batch_size", "max_train_steps", "gradient_accumulation_steps", "repeats"):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}.")
-        if self.learning_rate <= 0:
+        if not 0 < self.learning_rate < math.inf:
             raise ValueError(f"`learning_rate` must be > 0, got {self.learning_rate}.")
+        # AdamW's own checks, made here so that a bad value is refused before anything is written.
+        for name in ("adam_beta1", "adam_beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be in [0, 1), got {getattr(self, name)}.")
+        for name in ("adam_weight_decay", "adam_epsilon"):
+            if not 0 <= getattr(self, name) < math.inf:
+                raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}.")
         if self.mixed_precision not in get_args(MixedPrecision):
             raise ValueError(
                 f"`mixed_precision` must be one of {get_args(MixedPrecision)}, got {self.mixed_precision!r}."

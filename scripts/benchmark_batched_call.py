@@ -1,7 +1,10 @@
 """Benchmark: one batched DALDAPipeline call on B items versus B one-item diffusers calls, side by side.
 
 Both sides generate the same B images (the same prompts, real images, λ's and seeds); the script also reports how far
-apart the two sides' images are. Runs on the offline model kit, so it needs no download:
+apart the two sides' images are. The real images are made at the generation size (`pipe.generation_size`): the
+DALDAPipeline squashes a real image to that size before its image encoder and diffusers does not, so at any other
+size the two sides encode different pixels and the difference printed would be the resize's, not the batching's.
+Runs on the offline model kit, so it needs no download:
 
     python scripts/benchmark_batched_call.py --batch-size 8 --steps 10
 """
@@ -36,6 +39,12 @@ def load(pipeline_class, paths, device):
     return pipe.to(device)
 
 
+def real_images(count: int, size: int) -> list[PIL.Image.Image]:
+    """`count` random RGB images of `size` × `size` px: at the generation size, which both sides encode as they are."""
+    rng = np.random.default_rng(0)
+    return [PIL.Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)) for _ in range(count)]
+
+
 def timed(run, repeats, device):
     run()  # warm-up
     seconds = []
@@ -52,8 +61,6 @@ def timed(run, repeats, device):
 
 def main():
     args = parse_args()
-    rng = np.random.default_rng(0)
-    images = [PIL.Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)) for _ in range(args.batch_size)]
     prompts = [f"a photo of item {i}, seen from the side" for i in range(args.batch_size)]
     scales = np.linspace(0.0, 1.0, args.batch_size).tolist()
     seeds = list(range(args.batch_size))
@@ -62,6 +69,7 @@ def main():
         paths = save_tiny_models(kit)
         dalda = load(DALDAPipeline, paths, args.device)
         reference = load(StableDiffusionPipeline, paths, args.device)
+        images = real_images(args.batch_size, dalda.generation_size)
 
         def batched():
             return dalda(
@@ -91,7 +99,10 @@ def main():
         batched_seconds, batched_images = timed(batched, args.repeats, args.device)
         single_seconds, single_images = timed(one_at_a_time, args.repeats, args.device)
 
-    print(f"device: {args.device}, torch threads: {torch.get_num_threads()}, B={args.batch_size}, steps={args.steps}")
+    print(
+        f"device: {args.device}, torch threads: {torch.get_num_threads()}, B={args.batch_size}, steps={args.steps}, "
+        f"real images {images[0].width} × {images[0].height} px (the generation size)"
+    )
     print(f"one batched DALDAPipeline call on {args.batch_size} items: {batched_seconds:.3f} s")
     print(f"{args.batch_size} one-item diffusers calls:               {single_seconds:.3f} s")
     print(f"speed-up (one-item calls / batched call): {single_seconds / batched_seconds:.2f}x")

@@ -1,5 +1,6 @@
 """Helpers shared by several test modules: the `dalda` command run as users run it, a run killed midway, test images,
-the model kit's options, and `dalda augment` on the `pets` fixture with the checks its outputs are compared by."""
+the model kit's options, `dalda augment` on the `pets` fixture with the checks its outputs are compared by, and
+`dalda evaluate` on the colour trials."""
 
 import os
 import shutil
@@ -165,3 +166,41 @@ def assert_same_dataset(first, second, tolerance=2):
     for key, image in first_images.items():
         assert image.shape == second_images[key].shape
         assert np.abs(image - second_images[key]).max() <= tolerance, key
+
+
+def colour_trials(root: Path) -> dict:
+    """A source split of 4 colour classes × 25 images and, at 1 shot per class, the paper's three trials (seeds 0, 1,
+    2, each its own shots) of two augmented datasets: synthetic rows that are 12 fresh images per real image of the
+    right class ("good"), or of the next class but labelled as the real image ("wrong")."""
+    from dataset_builders.source import select_few_shot
+    from dataset_builders.testing import COLOURS, save_colour_dataset, write_colour_trials
+
+    labels, images = save_colour_dataset(root / "source", images_per_class=25)
+    source = root / "source"
+    return {
+        "root": root,
+        "labels": labels,
+        "shots": select_few_shot(labels, COLOURS, 1, seed=0),
+        "good": write_colour_trials(root / "good", source, labels, images, [0, 1, 2]),
+        "wrong": write_colour_trials(root / "wrong", source, labels, images, [0, 1, 2], synthetic_class_shift=1),
+    }
+
+
+def evaluate(dataset, output_dir, backbone, **overrides) -> dict:
+    """`dalda evaluate` with a training short enough for a test (10 epochs × 20 steps × 16 images, 32 px, learning
+    rate 0.01) and a feature cache beside `output_dir`, `overrides` applied; returns its results."""
+    from dataset_builders.evaluation.arguments import EvaluateArguments
+    from dataset_builders.evaluation.run import evaluate_augmented_dataset
+
+    values = {
+        "epochs": 10,
+        "iterations_per_epoch": 20,
+        "batch_size": 16,
+        "learning_rate": 0.01,
+        "image_size": 32,
+        "cache_dir": str(Path(output_dir).parent / "feature-cache"),
+    }
+    args = EvaluateArguments(
+        dataset=str(dataset), output_dir=str(output_dir), backbone=str(backbone), **{**values, **overrides}
+    )
+    return evaluate_augmented_dataset(args)

@@ -86,8 +86,34 @@ def test_finished_output_is_not_regenerated_and_other_settings_are_refused(augme
     shards = {path: path.stat().st_mtime_ns for path in (output / "data").iterdir()}
     augment(tiny_models, pets, output)
     assert {path: path.stat().st_mtime_ns for path in (output / "data").iterdir()} == shards
-    with pytest.raises(ValueError, match="other settings \\(generation\\)"):
+    with pytest.raises(ValueError, match="other settings \\(generation\\): generation.num_prompts: 2 → 3; run with"):
         augment(tiny_models, pets, output, num_prompts=3)
+
+
+def rerun(tiny_models, pets, output, **model_overrides):
+    """The `augmented` fixture's run again, with other device options."""
+    source = SourceArguments(dataset=str(pets / "dataset"), num_shots=2)
+    args = AugmentArguments(output_dir=str(output), prompt_bank=str(pets / "bank.json"), num_prompts=2,
+                            num_inference_steps=2, batch_size=3)
+    return augment_dataset(source, args, kit_model_args(tiny_models, **model_overrides), AdaptiveGuidanceScaling())
+
+
+def test_another_dtype_or_device_type_is_refused_and_compile_is_recorded_per_shard(augmented, tiny_models, pets):
+    output, _ = augmented
+    made = kit_model_args(tiny_models)
+    dtype, device = str(made.resolved_dtype()).removeprefix("torch."), made.resolved_device().type
+    with pytest.raises(ValueError, match=f'other settings \\(models\\): models.dtype: "{dtype}" → "bfloat16";'):
+        rerun(tiny_models, pets, output, dtype="bfloat16")
+    with pytest.raises(ValueError, match=f'other settings \\(models\\): models.device: "{device}" → "meta";'):
+        rerun(tiny_models, pets, output, device="meta")  # refused before any model is put on it
+    # Another index of the same device type, and the compiled UNet, make the same images: the run is resumed.
+    shards = {path: path.stat().st_mtime_ns for path in (output / "data").iterdir()}
+    rerun(tiny_models, pets, output, device=f"{device}:0" if device == "cuda" else device, compile=True)
+    assert {path: path.stat().st_mtime_ns for path in (output / "data").iterdir()} == shards
+    reports = [json.loads(path.read_text())["made_with"] for path in (output / ".dalda" / "reports").glob("*.json")]
+    assert len(reports) == len(shards)
+    assert all(report["device"].split(":")[0] == device and report["dtype"] == dtype for report in reports), reports
+    assert not any(report["compile"] for report in reports)  # the fixture's run, eager
 
 
 def test_base_prompt_and_not_enough_shots(tiny_models, pets, tmp_path):

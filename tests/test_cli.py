@@ -170,9 +170,9 @@ def test_every_option_says_what_it_does(command):
 LEFT_AT_DEFAULT = {"prompt_bank", "base_prompt", "class_names_file", "AugmentArguments.min_synthetic_score"}
 """Options (by name, or by dataclass and name) that another option's value forbids: the baselines have their own
 prompt and no λ to raise; one of dataset and class names."""
-VALID_VALUES = {"rotation_step": 5.0, "num_inference_steps": 8}
+VALID_VALUES = {"rotation_step": 5.0, "num_inference_steps": 8, "adam_beta2": 0.99}
 """Values a rule restricts (the rotation step divides 30°; DA-Fusion's smallest strength runs a quarter of the steps,
-at least one)."""
+at least one; AdamW's β's are below 1)."""
 
 
 def other_value(field: dataclasses.Field):

@@ -15,59 +15,31 @@ import scipy.stats
 import torch
 
 from dataset_builders.evaluation.arguments import CompareArguments, EvaluateArguments
+from dataset_builders.evaluation.comparison import compare_runs
 from dataset_builders.evaluation.data import LeakError, load_evaluation_splits
-from dataset_builders.evaluation.report import _figure, compare_runs
-from dataset_builders.evaluation.run import evaluate_augmented_dataset
+from dataset_builders.evaluation.metrics import holm_adjusted
+from dataset_builders.evaluation.summary import format_figure
 from dataset_builders.evaluation.training import TrainingPool, TrainingSchedule, draw_training_batches
 from dataset_builders.evaluation.views import view_grid
-from dataset_builders.source import paper_split_halves, select_few_shot
 from dataset_builders.hub_layout import trial_name
+from dataset_builders.source import paper_split_halves, select_few_shot
 from dataset_builders.testing import (
     COLOURS,
     augment_run_settings,
-    save_colour_dataset,
     write_augmented_dataset,
-    write_colour_trials,
 )
 
-from .helpers import run_dalda
+from .helpers import colour_trials, evaluate, run_dalda
 
 
 @pytest.fixture(scope="module")
 def colours(tmp_path_factory):
-    """A source split of 4 colour classes × 25 images and, at 1 shot per class, the paper's three trials (seeds 0, 1,
-    2, each its own shots) of two augmented datasets: synthetic rows that are 12 fresh images per real image of the
-    right class ("good"), or of the next class but labelled as the real image ("wrong")."""
-    root = tmp_path_factory.mktemp("colours")
-    labels, images = save_colour_dataset(root / "source", images_per_class=25)
-    source = root / "source"
-    return {
-        "root": root,
-        "labels": labels,
-        "shots": select_few_shot(labels, COLOURS, 1, seed=0),
-        "good": write_colour_trials(root / "good", source, labels, images, [0, 1, 2]),
-        "wrong": write_colour_trials(root / "wrong", source, labels, images, [0, 1, 2], synthetic_class_shift=1),
-    }
+    return colour_trials(tmp_path_factory.mktemp("colours"))
 
 
 def one_trial(dataset):
     """The first trial of a folder of trials: a dataset of one draw of shots."""
     return Path(dataset, trial_name(0))
-
-
-def evaluate(dataset, output_dir, backbone, **overrides):
-    values = dict(
-        epochs=10,
-        iterations_per_epoch=20,
-        batch_size=16,
-        learning_rate=0.01,
-        image_size=32,
-        cache_dir=str(Path(output_dir).parent / "feature-cache"),
-    )
-    args = EvaluateArguments(
-        dataset=str(dataset), output_dir=str(output_dir), backbone=str(backbone), **{**values, **overrides}
-    )
-    return evaluate_augmented_dataset(args)
 
 
 def test_mixing_replaces_draws_with_probability_p_by_the_real_images_own_synthetic_images():
@@ -126,8 +98,8 @@ def test_the_evaluation_sees_signal(colours, tiny_models, tmp_path, backbone):
     good = evaluate(colours["good"], tmp_path / "good", model)["aggregate"]
     wrong = evaluate(colours["wrong"], tmp_path / "wrong", model)["aggregate"]
     assert good["real_only"] == wrong["real_only"]  # same trials: same shots, real draws and test sets
-    # Measured on this fixture (3 trials): good +0.097 (CLIP) and +0.139 (ResNet), wrong −0.399 and −0.222, the wrong
-    # set's interval ending at −0.223 and −0.118. The bounds keep half the smallest margin.
+    # Measured on this fixture (3 trials): good +0.097 (CLIP) and +0.139 (ResNet), wrong −0.396 and −0.222, the wrong
+    # set's interval ending at −0.234 and −0.118. The bounds keep half the smallest margin.
     assert good["difference"]["balanced_accuracy"]["mean"] > 0.05
     assert wrong["difference"]["balanced_accuracy"]["mean"] < -0.05
     assert wrong["difference"]["balanced_accuracy"]["ci95"][1] < 0  # wrong labels hurt on every draw of shots
@@ -157,49 +129,6 @@ def test_trials_draw_their_own_shots_and_their_interval_is_wider_than_classifier
     markdown = (tmp_path / "repeats" / "results.md").read_text()
     assert "3 classifier repeats (classifier seeds 0, 1, 2). **These are not trials" in markdown
     assert "paired over classifier repeats" in markdown and "paired over trials" not in markdown
-
-
-def test_compare_pools_trials_and_refuses_methods_drawn_differently(colours, tiny_models, tmp_path):
-    runs = {}
-    for name, dataset in (("good", colours["good"]), ("wrong", colours["wrong"])):
-        for seed in (0, 1):  # each trial evaluated on its own: compare pools them
-            runs[name, seed] = tmp_path / f"{name}-{seed}"
-            evaluate(Path(dataset, trial_name(seed)), runs[name, seed], tiny_models.clip_scorer,
-                     method_label="DALDA (LLM + AGS)" if name == "good" else "Wrong labels")
-    markdown = compare_runs(
-        CompareArguments(runs=[str(path) for path in runs.values()], output_dir=str(tmp_path / "c"))
-    )
-    assert "Paired over trials (each its own draw of shots, synthetic images and classifier) (n = 2)" in markdown
-    with pytest.raises(ValueError, match="both evaluate trial 0 .classifier seed 0. of Wrong labels"):
-        compare_runs(CompareArguments(runs=[str(runs["wrong", 0])] * 2, output_dir=str(tmp_path / "twice")))
-    # A method without the real-only arm, listed first: "Real only" comes from a method that trained it on every
-    # trial, and Table 3 pairs over the same trials; a method alone in its column has nothing to be tested against.
-    for seed in (0, 1):
-        evaluate(Path(colours["wrong"], trial_name(seed)), tmp_path / f"bare-{seed}", tiny_models.clip_scorer,
-                 method_label="Wrong labels", real_only_baseline=False)
-    mixed = compare_runs(CompareArguments(
-        runs=[str(tmp_path / "bare-0"), str(tmp_path / "bare-1"), str(runs["good", 0]), str(runs["good", 1])],
-        output_dir=str(tmp_path / "mixed"),
-    ))
-    assert "| Real only |" in mixed and "(n = 2)" in mixed
-    alone = compare_runs(CompareArguments(runs=[str(tmp_path / "bare-0")], output_dir=str(tmp_path / "alone"),
-                                          reference_method="Wrong labels"))
-    assert "| Wrong labels |" in alone and "against each method" not in alone
-    # The same seeds, but shots drawn by the paper's protocol: another draw, refused in one column.
-    source = colours["root"] / "source"
-    labels = colours["labels"]
-    images = list(datasets.load_from_disk(str(source))["image"])
-    paper = write_colour_trials(tmp_path / "paper", source, labels, images, [0, 1], shot_selection="paper")
-    evaluate(paper, tmp_path / "paper-eval", tiny_models.clip_scorer, test_set="unselected",
-             method_label="Paper shots")
-    differently = r"drew trial 0 differently \(shot_selection, shots_sha256, test_rows_sha256\)"
-    with pytest.raises(ValueError, match=differently):
-        compare_runs(
-            CompareArguments(
-                runs=[str(runs["good", 0]), str(runs["good", 1]), str(tmp_path / "paper-eval")],
-                output_dir=str(tmp_path / "refused"),
-            )
-        )
 
 
 def test_cached_and_uncached_paths_agree(colours, tiny_models, tmp_path):
@@ -354,6 +283,71 @@ def test_bad_rows_are_skipped_and_counted(colours, tiny_models, tmp_path):
     assert len(_history(tmp_path / "report", results["per_classifier"][0])) == 10
 
 
+def test_a_class_without_test_images_is_named_once_and_trials_sharing_a_test_split_say_so(
+    colours, tiny_models, tmp_path, caplog
+):
+    """A test split without the last class: one warning for the run (not per trial or epoch) names the class and the
+    trials, the report says it, and the trials are said to share one test set (as they do under `test_set split`)."""
+    source = datasets.load_from_disk(str(colours["root"] / "source"))
+    shots = {row for seed in (0, 1, 2) for row in select_few_shot(colours["labels"], COLOURS, 1, seed=seed)}
+    rows = [row for row, label in enumerate(colours["labels"]) if label != 3 and row not in shots]
+    datasets.DatasetDict({"train": source, "test": source.select(rows)}).save_to_disk(tmp_path / "source")
+    with caplog.at_level("WARNING", logger="dataset_builders.evaluation"):
+        results = evaluate(colours["good"], tmp_path / "report", tiny_models.clip_scorer, epochs=2,
+                           iterations_per_epoch=5, source_dataset=str(tmp_path / "source"), test_split="test")
+    warnings = [record.getMessage() for record in caplog.records if "No test image" in record.getMessage()]
+    expected = (f"No test image of the class(es) '{COLOURS[3]}' (trial seed_0, seed_1, seed_2): balanced accuracy is "
+                "the mean over the other classes there.")
+    assert warnings == [expected]
+    assert results["test_set"]["protocol"] == "split"
+    assert results["classes_without_test_images"] == {COLOURS[3]: ["seed_0", "seed_1", "seed_2"]}
+    markdown = (tmp_path / "report" / "results.md").read_text()
+    assert f"Classes without a test image, left out of balanced accuracy there: {COLOURS[3]} (trial " in markdown
+    shared = "each its own draw of shots, synthetic images and classifier, all tested on one shared test set."
+    assert f"3 trials (seeds 0, 1, 2), {shared}" in markdown
+    assert "test set (the other half" not in markdown and "not its own shots" not in markdown
+
+
+def test_the_clip_head_starts_with_pytorchs_default_bias_drawn_from_the_classifier_seed(tiny_models):
+    """As the released `train_classifier.py`: a default `nn.Linear` whose weight becomes the text embeddings and whose
+    bias stays PyTorch's default draw, U(−1/√D, 1/√D); here from the classifier's seed, leaving torch's global
+    generator where it was."""
+    from dataset_builders.evaluation.backbones import load_backbone
+
+    backbone = load_backbone(str(tiny_models.clip_scorer))
+    state = torch.random.get_rng_state()
+    head = backbone.initial_head(COLOURS, seed=3)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    torch.manual_seed(3)
+    default = torch.nn.Linear(backbone.feature_dim, len(COLOURS))
+    assert torch.equal(head.bias, default.bias) and not torch.equal(head.weight, default.weight)
+    assert 0 < head.bias.abs().min() and head.bias.abs().max() <= 1 / np.sqrt(backbone.feature_dim)
+    assert not torch.equal(head.bias, backbone.initial_head(COLOURS, seed=4).bias)
+    assert torch.equal(head.weight, backbone.initial_head(COLOURS, seed=4).weight)  # the text embeddings
+
+
+def test_a_hub_backbone_records_the_commit_its_weights_were_loaded_from(tiny_models, tmp_path, monkeypatch):
+    """A Hub id is resolved to the snapshot it loads (here a Hub cache laid out by hand, offline); a local folder has
+    no revision, and the same weights have the same fingerprint wherever they come from."""
+    import shutil
+
+    import huggingface_hub
+
+    from dataset_builders.evaluation.backbones import load_backbone
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repository = tmp_path / "hub" / "models--org--resnet"
+    shutil.copytree(tiny_models.resnet, repository / "snapshots" / commit)
+    (repository / "refs").mkdir()
+    (repository / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    hub, local = load_backbone("org/resnet"), load_backbone(str(tiny_models.resnet))
+    assert (hub.revision, local.revision) == (commit, None) and hub.fingerprint == local.fingerprint
+    # ... and whichever transformers reads them (a config written out records the version that writes it).
+    monkeypatch.setattr("transformers.configuration_utils.__version__", "5.0.0")
+    assert load_backbone(str(tiny_models.resnet)).fingerprint == local.fingerprint
+
+
 def test_report_files_selection_and_comparison(colours, tiny_models, tmp_path):
     results = evaluate(
         colours["good"],
@@ -379,9 +373,24 @@ def test_report_files_selection_and_comparison(colours, tiny_models, tmp_path):
     assert len(epochs) == 3 * 2 * 10 and {"validation_balanced_accuracy", "test_top1", "trial"} <= set(epochs[0])
     markdown = (output / "results.md").read_text()
     for fact in ("| real only |", "| real + synthetic (DALDA (LLM + AGS), p = 0.5) |", "paired over trials",
-                 "3 trials (seeds 0, 1, 2), each its own draw of shots", "95% CI", "validation set"):
+                 "3 trials (seeds 0, 1, 2), each its own draw of shots", "95% CI", "validation set",
+                 "each tested on the source rows that are not its own shots"):
         assert fact in markdown, fact
     assert "optimistic" not in markdown and "classifier repeats" not in markdown
+    # The difference leads, with its interval, n and degrees of freedom (also beside every interval of the table).
+    difference = results["aggregate"]["difference"]["balanced_accuracy"]
+    assert difference["n"] == 3 and difference["df"] == 2
+    lead = markdown.splitlines()[2]
+    assert lead.startswith("**Augmented − real only, balanced accuracy: ") and "(n = 3, df = 2)" in lead, lead
+    assert f"{difference['mean']:+.4f} [95% CI {difference['ci95'][0]:+.4f}" in lead and "critical value 4.30" in lead
+    difference_row = next(line for line in markdown.splitlines() if line.startswith("| difference"))
+    assert difference_row.count("(n = 3, df = 2)") == 2 and "significan" not in markdown.lower()
+    # Its two tests (balanced accuracy, top-1), each raw and Holm-adjusted over both, and a sentence on multiplicity.
+    tests = [results["aggregate"]["difference"][metric] for metric in ("balanced_accuracy", "top1")]
+    raw, adjusted = [test["p_value"] for test in tests], holm_adjusted([test["p_value"] for test in tests])
+    assert results["tests"] == 2 and [test["p_holm"] for test in tests] == pytest.approx(adjusted)
+    assert f"p = {raw[0]:.3g}, Holm p = {adjusted[0]:.3g} (n = 3, df = 2)" in lead, lead
+    assert "This report holds 2 paired t-tests" in markdown
     for image in ("accuracy_per_epoch.png", "clip_score_lambda.png"):
         assert PIL.Image.open(output / image).size[0] > 300
 
@@ -410,7 +419,8 @@ def test_report_files_selection_and_comparison(colours, tiny_models, tmp_path):
     )
     assert "| Real only |" in markdown and "| DALDA (LLM + AGS) |" in markdown and "| Wrong labels |" in markdown
     assert "## 1-shot" in markdown and "source clip-scorer" in markdown and "optimistic" not in markdown
-    assert f"**{_figure(results['aggregate']['augmented']['balanced_accuracy'])}**" in markdown  # the best, in bold
+    best = format_figure(results["aggregate"]["augmented"]["balanced_accuracy"])
+    assert f"**{best}**" in markdown  # the best, in bold
     assert other["aggregate"]["real_only"] == results["aggregate"]["real_only"]
     assert PIL.Image.open(tmp_path / "compare" / "accuracy_vs_shots.png").size[0] > 300
     # Table 3: DALDA against each method, paired over the trials, as scipy's paired t-test gives it.
@@ -420,14 +430,17 @@ def test_report_files_selection_and_comparison(colours, tiny_models, tmp_path):
 
     dalda = per_trial(results, "augmented")
     baselines = (("Wrong labels", per_trial(other, "augmented")), ("Real only", per_trial(results, "real_only")))
-    for method, baseline in baselines:
-        expected = scipy.stats.ttest_rel(dalda, baseline).pvalue
+    raw = [scipy.stats.ttest_rel(dalda, baseline).pvalue for _, baseline in baselines]
+    for (method, baseline), p_value, adjusted in zip(baselines, raw, holm_adjusted(raw)):
         row = next(line for line in markdown.splitlines() if line.startswith(f"| {method} | ") and "CI" in line)
-        assert f"{np.mean(np.subtract(dalda, baseline)):+.4f} [95% CI" in row and row.endswith(f"| {expected:.3g} |")
+        assert f"{np.mean(np.subtract(dalda, baseline)):+.4f} [95% CI" in row
+        assert row.endswith(f"| n = 3, df = 2 | {p_value:.3g} | {adjusted:.3g} |"), row
     assert "Paired over trials (each its own draw of shots, synthetic images and classifier) (n = 3)" in markdown
 
     # Runs made another way do not share a column; the optimistic choice is said in the comparison too.
-    with pytest.raises(ValueError, match="with different select; compare runs made the same way"):
+    refused = (r"with different settings \(select 'best_validation_epoch' and 'best_test_epoch'; validation_fraction "
+               r"0.25 and 0.0\); a column compares runs made the same way")
+    with pytest.raises(ValueError, match=refused):
         compare_runs(
             CompareArguments(runs=[str(output), str(tmp_path / "optimistic")], output_dir=str(tmp_path / "x"))
         )

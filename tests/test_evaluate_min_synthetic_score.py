@@ -14,18 +14,20 @@ import numpy as np
 import PIL.Image
 import pytest
 
+from dataset_builders.evaluation import plots
 from dataset_builders.evaluation.arguments import CompareArguments, EvaluateArguments
+from dataset_builders.evaluation.comparison import compare_runs
 from dataset_builders.evaluation.data import content_hash, load_evaluation_splits
-from dataset_builders.evaluation.metrics import paired_difference
-from dataset_builders.evaluation.report import SWEEP_ARM, compare_runs
+from dataset_builders.evaluation.metrics import holm_adjusted, paired_difference
 from dataset_builders.evaluation.run import evaluate_augmented_dataset, prepare_training
+from dataset_builders.evaluation.summary import SWEEP_ARM, format_figure
+from dataset_builders.evaluation.sweep import OPTIMISTIC_THRESHOLD, threshold_chosen_on_validation
 from dataset_builders.evaluation.training import TrainingSchedule, draw_training_batches
 from dataset_builders.testing import COLOURS, save_colour_dataset
 from pipeline_dalda.images import load_image
 from pipeline_dalda.prompts import PromptArguments, generate_prompt_bank
 
 from .helpers import augment
-
 
 SCORE = "synthetic_clip_score"
 TINY = {"epochs": 3, "iterations_per_epoch": 10, "batch_size": 8, "learning_rate": 0.01, "image_size": 32}
@@ -40,8 +42,9 @@ def shards(dataset: Path) -> list[str]:
 def scored(tiny_models, tmp_path_factory):
     """`dalda augment` with the helpers' tiny settings (2 shots, 2 prompts) on the offline kit's colour classes, 8
     images each: learnable classes and 24 test images, which tell classifiers apart (on the `pets` fixture's 3 test
-    images every head scores 1/3). With its synthetic rows' scores and image hashes read back with
-    `datasets.load_dataset`, and a threshold S: the upper median of those scores, one row's own float32 value."""
+    images every head scores 1/3). With its synthetic rows' scores, image hashes and real images (`source_index`) read
+    back with `datasets.load_dataset`, and a threshold S: the upper median of those scores, one row's own float32
+    value."""
     root = tmp_path_factory.mktemp("colours")
     save_colour_dataset(root / "dataset", images_per_class=8)
     generate_prompt_bank(PromptArguments(output=str(root / "bank.json"), num_prompts=2), COLOURS)
@@ -54,7 +57,8 @@ def scored(tiny_models, tmp_path_factory):
     hashes = [content_hash(load_image(image)) for image in synthetic["image"]]
     threshold = float(np.sort(scores)[len(scores) // 2])
     return {"dataset": dataset, "source": str(root / "dataset"), "scores": scores, "hashes": hashes,
-            "threshold": threshold, "cache": tmp_path_factory.mktemp("feature-cache")}
+            "sources": np.array(synthetic["source_index"]), "threshold": threshold,
+            "cache": tmp_path_factory.mktemp("feature-cache")}
 
 
 def evaluate(scored, output_dir, tiny_models, **overrides) -> dict:
@@ -150,7 +154,10 @@ def test_a_sweeps_head_is_the_single_threshold_runs_head_and_the_sweep_is_report
     for row, t in zip(rows, sweep):
         accuracies = [r["test_balanced_accuracy"] for r in arm_records(swept, SWEEP_ARM, t)]
         assert row["balanced_accuracy"]["mean"] == pytest.approx(np.mean(accuracies))
-        assert row["difference"]["balanced_accuracy"] == paired_difference(accuracies, real_only)
+        assert row["difference"]["balanced_accuracy"] == {
+            **paired_difference(accuracies, real_only), "p_holm": row["difference"]["balanced_accuracy"]["p_holm"]
+        }
+        assert "validation_balanced_accuracy" not in row
     assert set(swept["aggregate"]) == {"augmented", "real_only", "difference"}  # the sweep has its own table
     with open(tmp_path / "sweep" / "epochs.csv", newline="") as file:
         epochs = Counter((row["arm"], row["min_synthetic_score"]) for row in csv.DictReader(file))
@@ -162,12 +169,104 @@ def test_a_sweeps_head_is_the_single_threshold_runs_head_and_the_sweep_is_report
     markdown = (tmp_path / "sweep" / "results.md").read_text()
     assert "## Accuracy against `min_synthetic_score`" in markdown
     assert f"| {threshold} | {kept[1]} of {len(scores)} ({kept[1] / len(scores):.1%}) |" in markdown
-    assert f"| {sweep[2]} | 0 of {len(scores)} (0.0%) |" in markdown
+    assert f"| {sweep[2]} | 0 of {len(scores)} (0.0%) | 0.0% |" in markdown  # none kept: none drawn
+    # Without validation images no threshold is chosen, and reading one off the test table is marked optimistic.
+    assert saved["min_synthetic_score_sweep_choice"] is None
+    assert f"**{OPTIMISTIC_THRESHOLD}**" in markdown and "This run has no validation images" in markdown
+    assert "### Threshold chosen on validation" not in markdown
     assert PIL.Image.open(tmp_path / "sweep" / "accuracy_vs_min_synthetic_score.png").size[0] > 300
     assert not (tmp_path / "alone" / "accuracy_vs_min_synthetic_score.png").exists()
     # `dalda compare` reads a sweep's report: the method is its augmented arm, beside real only.
     comparison = compare_runs(CompareArguments(runs=[str(tmp_path / "sweep")], output_dir=str(tmp_path / "compare")))
     assert "| Real only |" in comparison and f"| {swept['method']} |" in comparison
+
+
+def test_the_sweep_shows_the_share_drawn_and_chooses_its_threshold_on_validation(
+    scored, tiny_models, tmp_path, monkeypatch
+):
+    scores, sources = scored["scores"], scored["sources"]
+    # A middle threshold that leaves some real images without any synthetic image (the median of each real image's
+    # best score): it keeps fewer images and, unlike one that leaves every real image some, lowers the mixing ratio.
+    best_per_real = np.array([scores[sources == source].max() for source in np.unique(sources)])
+    sweep = [float(np.min(scores)), float(np.sort(best_per_real)[len(best_per_real) // 2]), float(np.max(scores)) + 1]
+    assert 0 < (best_per_real < np.float32(sweep[1])).sum() < len(best_per_real)
+    annotations = []
+
+    def save_png(figure, path):
+        """The plots' own `save_png`, keeping the sweep plot's point annotations."""
+        if path.name == "accuracy_vs_min_synthetic_score.png":
+            annotations.extend(text.get_text() for text in figure.axes[0].texts)
+        original_save_png(figure, path)
+
+    original_save_png = plots.save_png
+    monkeypatch.setattr(plots, "save_png", save_png)
+    results = evaluate(scored, tmp_path / "sweep", tiny_models, classifier_seeds=[0, 1], validation_fraction=0.5,
+                       min_synthetic_score_sweep=sweep)
+
+    # The share of draws that were synthetic: the records' mean, falling with the share kept, none where none is kept.
+    rows = results["min_synthetic_score_sweep"]
+    drawn = [np.mean([r["synthetic_fraction_drawn"] for r in arm_records(results, SWEEP_ARM, t)]) for t in sweep]
+    assert [row["synthetic_share_drawn"] for row in rows] == pytest.approx(drawn)
+    kept_shares = [row["kept_share"] for row in rows]
+    assert kept_shares[0] > kept_shares[1] > kept_shares[2] == 0
+    assert drawn[0] > drawn[1] > drawn[2] == 0
+    assert [f"{k:.0%} kept\n{d:.0%} of draws" for k, d in zip(kept_shares, drawn)] == annotations
+
+    # The threshold chosen on validation: per classifier, the argmax of its validation accuracy over the thresholds,
+    # and its test figure that threshold's.
+    real_only = {r["classifier_seed"]: r["test_balanced_accuracy"] for r in arm_records(results, "real_only")}
+    choice = results["min_synthetic_score_sweep_choice"]
+    tests = []
+    for entry in choice["per_classifier"]:
+        candidates = [r for t in sweep for r in arm_records(results, SWEEP_ARM, t)
+                      if r["classifier_seed"] == entry["classifier_seed"]]
+        best = max(candidates, key=lambda r: r["validation_balanced_accuracy"])
+        assert entry["min_synthetic_score"] == best["min_synthetic_score"]
+        assert entry["test_balanced_accuracy"] == best["test_balanced_accuracy"]
+        tests.append(best["test_balanced_accuracy"])
+    assert len(tests) == 2
+    assert choice["balanced_accuracy"]["mean"] == pytest.approx(np.mean(tests))
+    chosen_difference = {k: v for k, v in choice["difference"]["balanced_accuracy"].items() if k != "p_holm"}
+    assert chosen_difference == paired_difference(tests, [real_only[0], real_only[1]])
+    # Every p-value results.md prints is Holm-adjusted over all of them: the augmented arm's two, each threshold's
+    # and the chosen threshold's two.
+    family = [*results["aggregate"]["difference"].values(), *(row["difference"]["balanced_accuracy"] for row in rows),
+              *choice["difference"].values()]
+    assert [d["p_holm"] for d in family] == holm_adjusted([d["p_value"] for d in family])
+    assert results["tests"] == sum(d["p_value"] is not None for d in family) > 2
+    for row, t in zip(rows, sweep):
+        validation = [r["validation_balanced_accuracy"] for r in arm_records(results, SWEEP_ARM, t)]
+        assert row["validation_balanced_accuracy"]["mean"] == pytest.approx(np.mean(validation))
+    saved = json.loads((tmp_path / "sweep" / "results.json").read_text())
+    assert saved["min_synthetic_score_sweep_choice"] == json.loads(json.dumps(choice))
+    markdown = (tmp_path / "sweep" / "results.md").read_text()
+    chosen = markdown.split("### Threshold chosen on validation")[1]
+    assert "This run has no validation images" not in markdown
+    assert f"| {format_figure(choice['balanced_accuracy'])} |" in chosen.split("## Per classifier")[0]
+
+
+def test_the_threshold_is_chosen_on_validation_per_classifier_never_on_the_test_set():
+    def record(seed, threshold, validation, test):
+        epoch = {"test_balanced_accuracy": test, "test_top1": test, "validation_balanced_accuracy": validation}
+        return {"arm": SWEEP_ARM, "trial": 0, "classifier_seed": seed, "min_synthetic_score": threshold,
+                "selected": epoch}
+
+    # Classifier 0: best on validation at 0.3, best on test at 0.2; classifier 1: a tie on validation (0.2, 0.4),
+    # best on test at 0.3. The trials' mean validation accuracy would choose 0.3 for both.
+    records = [
+        record(0, 0.2, 0.50, 0.90), record(0, 0.3, 0.70, 0.60), record(0, 0.4, 0.10, 0.10),
+        record(1, 0.2, 0.60, 0.20), record(1, 0.3, 0.55, 0.80), record(1, 0.4, 0.60, 0.30),
+        *({"arm": "real_only", "trial": 0, "classifier_seed": seed, "min_synthetic_score": None,
+           "selected": {"test_balanced_accuracy": 0.5, "test_top1": 0.5}} for seed in (0, 1)),
+    ]
+    choice = threshold_chosen_on_validation(records, [0.4, 0.2, 0.3])
+    assert [(e["classifier_seed"], e["min_synthetic_score"]) for e in choice["per_classifier"]] == [(0, 0.3), (1, 0.2)]
+    assert [e["test_balanced_accuracy"] for e in choice["per_classifier"]] == [0.60, 0.20]
+    assert choice["balanced_accuracy"]["mean"] == pytest.approx(0.40)
+    assert choice["difference"]["balanced_accuracy"] == paired_difference([0.60, 0.20], [0.5, 0.5])
+    # A classifier without validation images: no threshold is chosen.
+    del records[0]["selected"]["validation_balanced_accuracy"]
+    assert threshold_chosen_on_validation(records, [0.2, 0.3, 0.4]) is None
 
 
 def rewritten_copy(scored, folder: Path, change: Callable[[datasets.Dataset], datasets.Dataset]) -> Path:

@@ -10,12 +10,13 @@ import torch
 from dataset_builders.evaluation.backbones import HeadRecipe
 from dataset_builders.evaluation.metrics import (
     balanced_accuracy,
+    holm_adjusted,
     mean_and_std,
     paired_difference,
     select_epochs,
     top1_accuracy,
 )
-from dataset_builders.evaluation.report import aggregate
+from dataset_builders.evaluation.summary import aggregate, format_difference
 from dataset_builders.evaluation.training import (
     CachedFeatures,
     LabelledFeatures,
@@ -43,10 +44,13 @@ def test_paired_difference_against_a_hand_computed_t_interval_and_scipy():
     result = paired_difference(treated, baseline)
     # d = (0.10, 0.05, 0.08, 0.01): mean 0.06, sd = √(0.0046 / 3) = 0.039158, se = sd / √4 = 0.019579;
     # t(0.975, 3) = 3.1824 (a t table), so the half width is 0.062308.
-    assert result["n"] == 4 and result["mean"] == pytest.approx(0.06)
+    assert result["n"] == 4 and result["df"] == 3 and result["mean"] == pytest.approx(0.06)
     assert result["ci95"] == pytest.approx([0.06 - 0.062308, 0.06 + 0.062308], abs=1e-5)
     assert result["p_value"] == pytest.approx(scipy.stats.ttest_rel(treated, baseline).pvalue, rel=1e-12)
     assert result["p_value"] == pytest.approx(2 * scipy.stats.t.sf(0.06 / 0.019579, 3), rel=1e-3)
+    assert format_difference(result) == (
+        f"+0.0600 [95% CI {0.06 - 0.062308:+.4f}, {0.06 + 0.062308:+.4f}], p = {result['p_value']:.3g} (n = 4, df = 3)"
+    )
 
 
 def test_equal_differences_have_no_p_value_from_rounding_noise():
@@ -56,8 +60,28 @@ def test_equal_differences_have_no_p_value_from_rounding_noise():
     baseline = [38 / 48, 28 / 48, 23 / 48]
     assert np.std(np.subtract(treated, baseline), ddof=1) > 0  # the noise that gave p ≈ 1e-16
     result = paired_difference(treated, baseline)
-    assert result["p_value"] is None and result["ci95"] == [result["mean"], result["mean"]]
-    assert paired_difference([0.5], [0.4])["ci95"] is None  # one pair: no interval at all
+    assert result["p_value"] is None and result["ci95"] == [result["mean"], result["mean"]] and result["df"] == 2
+    assert format_difference(result).endswith("(n = 3, df = 2; equal differences: no test)")
+    single = paired_difference([0.5], [0.4])
+    assert single["ci95"] is None and single["df"] is None  # one pair: no interval at all
+    assert format_difference(single) == "+0.1000 (n = 1: no interval)"
+
+
+def test_holm_adjusted_p_values_against_a_hand_computed_example_and_their_defining_properties():
+    # Sorted: 0.005, 0.01, 0.03, 0.04 (m = 4) → 4 · 0.005 = 0.02, 3 · 0.01 = 0.03, 2 · 0.03 = 0.06, 1 · 0.04 = 0.04,
+    # which the running maximum raises to 0.06; back in the given order.
+    assert holm_adjusted([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm_adjusted([0.4, None, 0.5, 0.9]) == pytest.approx([1.0, None, 1.0, 1.0])  # m = 3; capped at 1
+    assert holm_adjusted([0.02, None]) == [0.02] + [None]  # one test: nothing to adjust
+    rng = np.random.default_rng(0)
+    for size in (2, 5, 12):
+        raw = rng.uniform(0, 0.2, size).tolist()
+        adjusted = holm_adjusted(raw)
+        assert all(p <= q <= 1 for p, q in zip(raw, adjusted))
+        assert all(q <= min(1.0, size * p) for p, q in zip(raw, adjusted))  # never beyond Bonferroni's
+        order = np.argsort(raw)
+        assert np.all(np.diff(np.array(adjusted)[order]) >= 0)  # the raw values' order kept
+        assert min(adjusted) == pytest.approx(min(1.0, size * min(raw)))
 
 
 def test_aggregate_is_the_mean_and_std_of_the_per_trial_figures():
@@ -98,7 +122,10 @@ def test_batched_heads_train_as_one_training_per_head(optimizer):
     recipe = HeadRecipe(optimizer, 0.05, 0.1 if optimizer == "adamw" else 0.0)
     rng = np.random.default_rng(0)
     dim, classes = 16, 3
-    pools = [TrainingPool.from_groups([0, 1, 2, 1], [3, 2, 4, 0]), TrainingPool.from_groups([2, 0, 1, 0], [1, 5, 2, 2])]
+    pools = [
+        TrainingPool.from_groups([0, 1, 2, 1], [3, 2, 4, 0]),
+        TrainingPool.from_groups([2, 0, 1, 0], [1, 5, 2, 2]),
+    ]
     centres = rng.normal(size=(classes, 1, dim)) * 2  # learnable: each class's features around its own centre
     tables = [torch.from_numpy(rng.normal(size=(len(p.labels), 62, dim)) + centres[p.labels]).float() for p in pools]
     schedule = TrainingSchedule(epochs=3, iterations_per_epoch=15, batch_size=8)

@@ -7,12 +7,13 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from diffusers import DDIMScheduler, StableDiffusionImg2ImgPipeline
+from diffusers import DDIMScheduler, PNDMScheduler, StableDiffusionImg2ImgPipeline
 from diffusers.models.attention_processor import IPAdapterAttnProcessor, IPAdapterAttnProcessor2_0
 from transformers import HfArgumentParser
 
 from dataset_builders.arguments import AugmentArguments, SourceArguments
 from dataset_builders.augment import augment_dataset
+from dataset_builders.methods import Img2ImgGeneration
 from pipeline_dalda import (
     DALDA_SCHEDULER_CONFIG,
     DEFAULT_NEGATIVE_PROMPT,
@@ -109,6 +110,34 @@ def test_strength_changes_the_images(tiny_models, pets, tmp_path):
     assert images[0.3].keys() == images[0.9].keys()
     for key, image in images[0.3].items():
         assert np.abs(image - images[0.9][key]).max() > 10, key
+
+
+def denoised_timesteps(pipe, args: AugmentArguments) -> list[int]:
+    """The timesteps at which the method's own img2img denoises a Real Guidance image, as its `__call__` sets them
+    (`scheduler.set_timesteps`, then `get_timesteps` for the strength), without running the UNet."""
+    img2img = Img2ImgGeneration(pipe, args, lambda item: args.real_guidance_strength).img2img
+    img2img.scheduler.set_timesteps(args.num_inference_steps)
+    timesteps, _ = img2img.get_timesteps(args.num_inference_steps, args.real_guidance_strength, "cpu")
+    return timesteps.tolist()
+
+
+def test_strength_one_half_runs_25_ddim_steps_from_481_where_da_fusions_pndm_runs_26_from_501(tiny_models):
+    """DA-Fusion's 50 img2img steps at strength 0.5 are not the same denoising under our DDIM and under the PNDM
+    scheduler of SD 1.4 that DA-Fusion's Real Guidance runs (the README says which)."""
+    args = AugmentArguments(output_dir="out", method="real_guidance")
+    assert (args.num_inference_steps, args.real_guidance_strength) == (50, 0.5)
+    pipe = load_dalda_pipeline(replace(kit_model_args(tiny_models), ip_adapter=""))
+    assert isinstance(pipe.scheduler, DDIMScheduler)
+    ddim = denoised_timesteps(pipe, args)
+    assert (len(ddim), ddim[0], ddim[-1]) == (25, 481, 1)
+    # SD 1.4's `scheduler/scheduler_config.json`, which DA-Fusion's `StableDiffusionImg2ImgPipeline.from_pretrained`
+    # loads; its 50-step schedule repeats one timestep.
+    pipe.scheduler = PNDMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+        set_alpha_to_one=False, skip_prk_steps=True, steps_offset=1,
+    )
+    pndm = denoised_timesteps(pipe, args)
+    assert (len(pndm), pndm[0], pndm[-1]) == (26, 501, 1)
 
 
 def test_card_names_the_method_and_leaves_out_what_does_not_apply(real_guidance):

@@ -1,18 +1,22 @@
 """DA-Fusion's per-class textual inversion (`dalda textual-inversion`, `train_class_tokens`) on the offline kit: the
-loss falls, only the new token's row learns, the files load with diffusers and change its images, a killed run
-resumes without training a finished class again, and a changed setting is refused."""
+defaults and the optimiser are `fine_tune.py`'s, a step is `fine_tune.py`'s step, the loss falls, only the new token's
+row learns, the files load with diffusers and change its images, a killed run resumes without training a finished
+class again, and a changed setting is refused."""
 
+import copy
 import json
 import shutil
 import sys
 import types
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import PIL.Image
 import pytest
 import torch
-from diffusers import StableDiffusionPipeline
+import torch.nn.functional as F
+from diffusers import DDPMScheduler, StableDiffusionPipeline
 from safetensors.torch import load_file
 
 from dataset_builders.arguments import SourceArguments
@@ -27,6 +31,7 @@ from dataset_builders.textual_inversion import (
 )
 from pipeline_dalda.images import load_image
 from pipeline_dalda.textual_inversion import (
+    IMAGENET_TEMPLATES_SMALL,
     TextualInversionTrainer,
     class_seed,
     class_token,
@@ -38,7 +43,15 @@ from pipeline_dalda.textual_inversion_arguments import (
     TextualInversionRunArguments,
 )
 
-from .helpers import PETS_CLASSES, dalda_command, kill_midway, load_ip_adapter, run_dalda, run_in_two_processes
+from .helpers import (
+    PETS_CLASSES,
+    dalda_command,
+    kill_midway,
+    load_ip_adapter,
+    random_images,
+    run_dalda,
+    run_in_two_processes,
+)
 
 
 SHORT_CONTEXT = 48
@@ -117,6 +130,164 @@ def trained(kit, pets, tmp_path_factory) -> Path:
 
 def file_stamps(folder: Path) -> dict[Path, tuple[int, int, bytes]]:
     return {path: (path.stat().st_ino, path.stat().st_mtime_ns, path.read_bytes()) for path in folder.glob("*")}
+
+
+@pytest.fixture
+def built_optimizers(monkeypatch) -> list[torch.optim.AdamW]:
+    """Every `torch.optim.AdamW` built during the test, each with `initial`: its parameters as they were when it was
+    built (the state a training starts from)."""
+    built = []
+
+    class RecordedAdamW(torch.optim.AdamW):
+        def __init__(self, params, **kwargs):
+            params = list(params)
+            super().__init__(params, **kwargs)
+            self.initial = [parameter.detach().clone() for parameter in params]
+            built.append(self)
+
+    monkeypatch.setattr(torch.optim, "AdamW", RecordedAdamW)
+    return built
+
+
+def noise_shots() -> list[PIL.Image.Image]:
+    """Two shots of uniform noise, of other sizes than the training square: a flip and the resize both matter."""
+    return [image.resize(size) for image, size in zip(random_images(2, seed=11), [(40, 30), (30, 50)])]
+
+
+def test_the_defaults_are_fine_tune_pys_settings_and_build_its_optimizer(kit, built_optimizers):
+    defaults = TextualInversionArguments()
+    # DA-Fusion's `scripts/fine_tuning/*.sh`: --resolution=512 --train_batch_size=4 --gradient_accumulation_steps=1
+    # --max_train_steps=1000 --learning_rate=5.0e-04 --scale_lr --lr_scheduler="constant" --lr_warmup_steps=0;
+    # `fine_tune.py` sets `initializer_token = "the"` per class and keeps its own defaults for the rest: AdamW
+    # β = (0.9, 0.999), weight decay 1e-2, ε 1e-8, `--repeats` 100, no `--center_crop`.
+    assert (defaults.resolution, defaults.train_batch_size, defaults.max_train_steps) == (512, 4, 1000)
+    assert (defaults.learning_rate, defaults.scale_lr, defaults.gradient_accumulation_steps) == (5e-4, True, 1)
+    assert defaults.step_learning_rate() == pytest.approx(2e-3, rel=1e-12)  # 5e-4 · 4 · 1
+    assert replace(defaults, gradient_accumulation_steps=3).step_learning_rate() == pytest.approx(6e-3, rel=1e-12)
+    assert replace(defaults, scale_lr=False).step_learning_rate() == 5e-4
+    assert defaults.initializer_token == "the"
+    assert (defaults.adam_beta1, defaults.adam_beta2, defaults.adam_weight_decay, defaults.adam_epsilon) == (
+        0.9, 0.999, 1e-2, 1e-8)
+    assert (defaults.repeats, defaults.center_crop) == (100, False)
+
+    # The optimiser a training builds from the defaults (at the kit's size, with its one-token initializer).
+    pipe = load_pipe(kit)
+    batch_sizes = []
+    hook = pipe.unet.register_forward_pre_hook(lambda module, inputs: batch_sizes.append(len(inputs[0])))
+    trainer = TextualInversionTrainer(pipe, replace(defaults, resolution=64, max_train_steps=2, initializer_token="a"))
+    trainer.train("<pug>", noise_shots(), seed=2, show_progress=False)
+    hook.remove()
+    (optimizer,) = built_optimizers
+    (group,) = optimizer.param_groups
+    assert (group["lr"], group["betas"], group["weight_decay"], group["eps"]) == (
+        pytest.approx(2e-3, rel=1e-12), (0.9, 0.999), 1e-2, 1e-8)  # lr still 2e-3 after two steps: constant
+    (parameter,) = group["params"]  # the whole input-embedding matrix, as `fine_tune.py`
+    assert parameter is trainer.text_encoder.get_input_embeddings().weight
+    assert batch_sizes == [4, 4]  # one UNet call of `train_batch_size` images per step
+
+
+def test_the_new_tokens_row_starts_as_the_initializers_embedding(kit, built_optimizers):
+    pipe = load_pipe(kit)
+    rows = pipe.text_encoder.get_input_embeddings().weight.detach()
+    for word in ("a", "b"):
+        trainer = TextualInversionTrainer(pipe, kit_args(max_train_steps=1, initializer_token=word))
+        trainer.train("<pug>", noise_shots(), seed=2, show_progress=False)
+        (initial,) = built_optimizers.pop().initial  # the embedding matrix at step 0
+        token_id = trainer.tokenizer.convert_tokens_to_ids("<pug>")
+        (word_id,) = pipe.tokenizer.encode(word, add_special_tokens=False)
+        assert torch.equal(initial[token_id], rows[word_id]), word
+        assert torch.equal(initial[:token_id], rows)  # every other row: the pipeline's
+    assert not torch.equal(rows[pipe.tokenizer.encode("a", add_special_tokens=False)[0]],
+                           rows[pipe.tokenizer.encode("b", add_special_tokens=False)[0]])
+
+
+def fine_tune_py_steps(
+    pipe: StableDiffusionPipeline, args: TextualInversionArguments, token: str, shots: list, seed: int
+) -> tuple[torch.Tensor, list[float]]:
+    """`args.max_train_steps` optimiser steps as DA-Fusion's `fine_tune.py` makes them — each batch's pixels made as
+    its dataset makes them, encoded by the VAE and the posterior sampled (`latent_dist.sample()`), noised, the noise
+    predicted, AdamW stepped on the input-embedding matrix and every row but the token's put back — with the
+    trainer's random draws, in the trainer's order. Returns the token's row after the steps, and each step's loss."""
+    tokenizer = copy.deepcopy(pipe.tokenizer)
+    tokenizer.add_tokens(token)
+    token_id = tokenizer.convert_tokens_to_ids(token)
+    (initializer_id,) = tokenizer.encode(args.initializer_token, add_special_tokens=False)
+    text_encoder = copy.deepcopy(pipe.text_encoder)
+    text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # the new row is overwritten next
+    embeddings = text_encoder.get_input_embeddings().weight
+    with torch.no_grad():
+        embeddings[token_id] = embeddings[initializer_id]
+    original = embeddings.detach().clone()
+    pipe.vae.requires_grad_(False)
+    pipe.unet.requires_grad_(False)
+    text_encoder.requires_grad_(False)
+    text_encoder.get_input_embeddings().requires_grad_(True)
+    optimizer = torch.optim.AdamW(
+        text_encoder.get_input_embeddings().parameters(),
+        lr=args.learning_rate * args.gradient_accumulation_steps * args.train_batch_size,  # --scale_lr
+        betas=(args.adam_beta1, args.adam_beta2), weight_decay=args.adam_weight_decay, eps=args.adam_epsilon,
+    )
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+
+    # The draws: the shuffled dataset of `repeats` copies of the shots (one epoch is enough here), then per batch
+    # each image's template and flip, the posterior sample, the noise and the timesteps.
+    rng, generator = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
+    order = rng.permutation(len(shots) * args.repeats) % len(shots)
+    assert args.max_train_steps * args.train_batch_size <= len(order)
+    losses = []
+    for step in range(args.max_train_steps):
+        batch = order[step * args.train_batch_size : (step + 1) * args.train_batch_size]
+        templates = rng.integers(len(IMAGENET_TEMPLATES_SMALL), size=len(batch))
+        flips = rng.random(len(batch)) < 0.5
+        pixels = []
+        for shot, flip in zip(batch, flips):
+            image = shots[shot].convert("RGB").resize((args.resolution,) * 2, resample=PIL.Image.BICUBIC)
+            if flip:
+                image = image.transpose(PIL.Image.FLIP_LEFT_RIGHT)
+            array = (np.array(image).astype(np.uint8) / 127.5 - 1.0).astype(np.float32)
+            pixels.append(torch.from_numpy(array).permute(2, 0, 1))
+        latents = pipe.vae.encode(torch.stack(pixels)).latent_dist.sample(generator).detach() * 0.18215
+        noise = torch.randn(latents.shape, generator=generator)
+        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(batch),), generator=generator)
+        noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
+        input_ids = tokenizer(
+            [IMAGENET_TEMPLATES_SMALL[index].format(token) for index in templates], padding="max_length",
+            truncation=True, max_length=tokenizer.model_max_length, return_tensors="pt",
+        ).input_ids
+        encoder_hidden_states = text_encoder(input_ids)[0]
+        model_pred = pipe.unet(noisy_latents, timesteps, encoder_hidden_states).sample
+        loss = F.mse_loss(model_pred.float(), noise.float(), reduction="mean")
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        with torch.no_grad():
+            keep = torch.arange(len(tokenizer)) != token_id
+            embeddings[keep] = original[keep]
+        losses.append(loss.item())
+    return embeddings[token_id].detach().clone(), losses
+
+
+def test_steps_on_the_cached_posterior_are_fine_tune_pys_steps_on_the_re_encoded_batch(kit):
+    """The trainer samples the posterior of each shot's encoding, cached per flip; `fine_tune.py` encodes every batch
+    again. Given the same draws they are the same computation: the same losses and the same row. Two steps, since
+    AdamW's first step moves each coordinate by about ±lr whatever the gradient's size."""
+    pipe = load_pipe(kit)
+    assert pipe.vae.config.scaling_factor == 0.18215  # the factor `fine_tune.py` writes out
+    args, shots = kit_args(max_train_steps=2), noise_shots()
+    learned = TextualInversionTrainer(pipe, args).train("<pug>", shots, seed=5, show_progress=False)
+    row, losses = fine_tune_py_steps(load_pipe(kit), args, "<pug>", shots, seed=5)
+    # Measured: equal losses and rows within 2e-9. Dropping the posterior sample moved the first loss by 1.1e-5
+    # (relative) and the row by 4e-3; ignoring the flips, 8e-5 and 1.2e-5.
+    assert learned.losses == pytest.approx(losses, rel=1e-6)
+    torch.testing.assert_close(learned.embedding, row, rtol=0, atol=1e-7)
+
+    # Or the comparison proves nothing: the steps moved the row, and other draws give other losses and another row.
+    rows = pipe.text_encoder.get_input_embeddings().weight
+    initial = rows[pipe.tokenizer.encode("a", add_special_tokens=False)[0]]
+    assert (learned.embedding - initial).abs().max() > 1e-4
+    other_row, other_losses = fine_tune_py_steps(load_pipe(kit), args, "<pug>", shots, seed=6)
+    assert all(abs(other - loss) > 1e-3 * loss for other, loss in zip(other_losses, losses))
+    assert (other_row - row).abs().max() > 1e-4
 
 
 def test_the_loss_falls_on_a_solid_colour_class(kit):

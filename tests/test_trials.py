@@ -61,7 +61,8 @@ def test_a_rerun_resumes_and_other_settings_are_refused(trials, tiny_models, pet
     stamps = [path.stat().st_mtime_ns for path in shards]
     augment(tiny_models, pets, output, num_shots=1, shot_selection="paper", seeds=[1, 0])
     assert [path.stat().st_mtime_ns for path in shards] == stamps
-    with pytest.raises(ValueError, match="holds a run made with other settings .generation."):
+    changed = "holds a run made with other settings .generation.: generation.num_prompts: 2 → 1;"
+    with pytest.raises(ValueError, match=changed):
         augment(tiny_models, pets, output, num_shots=1, shot_selection="paper", seeds=[2], num_prompts=1)
     assert not (output / "seed_2").exists()
 

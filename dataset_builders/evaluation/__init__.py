@@ -6,7 +6,11 @@ backbones.py  frozen transformers backbones and their heads' recipes
 features.py   backbone features per image and view, cached on disk
 training.py   the linear heads: the paper's schedule and synthetic mixing, every trial's heads in one batch
 metrics.py    balanced accuracy, top-1, epoch selection, paired differences over trials
-report.py     results.json / results.md / epochs.csv / plots, and comparisons across runs (Tables 2 and 3)
+summary.py    figures over a run's classifiers (mean ± std, paired differences) and how the reports write them
+report.py     one run's results.json / results.md / epochs.csv
+sweep.py      the synthetic-score threshold sweep's table
+plots.py      the reports' figures
+comparison.py `dalda compare`: runs side by side (the paper's Tables 2 and 3, Fig. 7)
 diversity.py  CLIP-I and LPIPS diversity through the `evaluate` modules in scripts/metrics/
 run.py        `evaluate_augmented_dataset`, the function behind the command: trials, arms, training
 """

@@ -84,7 +84,8 @@ class EvaluateArguments:
     validation_fraction: float = field(
         default=0.0,
         metadata={
-            "help": "Share of each class's test images moved to a validation set (for `best_validation_epoch`)."
+            "help": "Share of each class's test images moved to a validation set (for `best_validation_epoch`, and "
+            "to choose the threshold of `min_synthetic_score_sweep`)."
         },
     )
     backbone: str = field(
@@ -152,8 +153,13 @@ class EvaluateArguments:
         default=None,
         metadata={
             "help": "Thresholds to sweep in the same run: one more augmented classifier per threshold and trial, on "
-            "the same draws (heads only: no extra backbone work); reported as accuracy against threshold "
-            "(results.md, accuracy_vs_min_synthetic_score.png). The main augmented arm keeps `min_synthetic_score`."
+            "the same draws. With the feature cache and `batch_norm frozen` (the defaults) that adds heads only; "
+            "with `no_feature_cache` every added head's batch runs through the backbone at every step, and with "
+            "`batch_norm paper` every threshold is one more full training. Reported as accuracy against threshold, "
+            "with the synthetic images kept and the share of draws that were synthetic (results.md, "
+            "accuracy_vs_min_synthetic_score.png); with `validation_fraction`, each classifier's threshold is also "
+            "chosen on validation and its test accuracy reported (a threshold read off the test figures is "
+            "optimistic). The main augmented arm keeps `min_synthetic_score`."
         },
     )
     feature_cache: bool = field(
@@ -209,7 +215,12 @@ class EvaluateArguments:
         self._check_synthetic_score_thresholds()
         from .views import view_grid
 
-        view_grid(self.rotation_step)  # a step that does not divide 30° is refused here
+        if not 0 < self.rotation_step < math.inf:
+            raise ValueError(f"`rotation_step` must be a number of degrees that divides 30, got {self.rotation_step}.")
+        try:
+            view_grid(self.rotation_step)  # a step that does not divide 30° is refused here
+        except ValueError as error:
+            raise ValueError(f"`rotation_step`: {error}") from error
         if self.image_size < 1:
             raise ValueError(f"`image_size` must be >= 1, got {self.image_size}.")
 

@@ -10,12 +10,16 @@ Two kinds, decided by the checkpoint:
 
 import copy
 import hashlib
+import json
 import logging
+import os
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoTokenizer, PreTrainedModel
+from transformers.utils import CONFIG_NAME
+from transformers.utils.hub import cached_file, extract_commit_hash
 
 from pipeline_dalda.pipeline import class_prompt
 
@@ -51,8 +55,12 @@ def _pooled(output) -> torch.Tensor:
 class FrozenBackbone:
     """A frozen feature extractor: `features(pixels)` and, for image–text models, a text-initialised head."""
 
-    def __init__(self, name: str, model: PreTrainedModel, tokenizer=None, mean=PAPER_MEAN, std=PAPER_STD):
+    def __init__(
+        self, name: str, model: PreTrainedModel, tokenizer=None, mean=PAPER_MEAN, std=PAPER_STD, revision=None
+    ):
         self.name = name
+        self.revision: str | None = revision
+        """The Hub commit the weights were loaded from (None for a local folder)."""
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.is_image_text = hasattr(model, "get_image_features") and hasattr(model, "get_text_features")
@@ -64,8 +72,14 @@ class FrozenBackbone:
         self.feature_dim = int(self.features(torch.zeros(1, 3, probe_size, probe_size)).shape[1])
 
     def _fingerprint(self) -> str:
-        """A digest of the architecture and every weight: cached features are valid for these weights only."""
-        digest = hashlib.sha256(self.model.config.to_json_string(use_diff=False).encode())
+        """A digest of the architecture and every weight, computed once as the backbone loads: cached features are
+        valid for these weights only, and `dalda compare` keys a backbone by it. Where the checkpoint was loaded from
+        and by which transformers (the config's `_name_or_path`, `transformers_version`) are left out, so the same
+        weights have one fingerprint wherever they lie and whichever transformers reads them."""
+        config = json.loads(self.model.config.to_json_string(use_diff=False))
+        for provenance in ("_name_or_path", "transformers_version"):
+            config.pop(provenance, None)
+        digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
         for name, tensor in sorted(self.model.state_dict().items()):
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
@@ -108,8 +122,9 @@ class FrozenBackbone:
         r"""
         The linear head `Linear(feature_dim, C)` before training.
 
-        Image–text models: `W[c] = text_embedding("a photo of a {class c}")` (not normalised), `b = 0`, as the paper's
-        CLIP classifier. Image models: PyTorch's default initialisation, drawn from `seed`.
+        Image models: PyTorch's default initialisation, `W, b ~ U(−1/√D, 1/√D)`, drawn from `seed`. Image–text
+        models: `W[c] = text_embedding("a photo of a {class c}")` (not normalised) and the same default bias drawn
+        from `seed`, as the released `train_classifier.py` (a default `nn.Linear` whose weight only it overwrites).
         """
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -121,7 +136,6 @@ class FrozenBackbone:
             tokens = self.tokenizer(prompts, padding=padding, truncation=True, return_tensors="pt").to(self.device)
             text = self.model.get_text_features(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask)
             head.weight.copy_(_pooled(text).float().cpu())
-            head.bias.zero_()
         return head
 
 
@@ -141,4 +155,12 @@ def load_backbone(name_or_path: str, device: str | torch.device = "cpu", dtype: 
     except (OSError, ValueError):
         mean, std = PAPER_MEAN, PAPER_STD
     logger.info("Loaded the backbone %s (%s)", name_or_path, type(model).__name__)
-    return FrozenBackbone(name_or_path, model.to(device), tokenizer, mean, std)
+    return FrozenBackbone(name_or_path, model.to(device), tokenizer, mean, std, hub_revision(name_or_path))
+
+
+def hub_revision(name_or_path: str) -> str | None:
+    """The commit of a Hub checkpoint as loaded (the snapshot its config.json was read from, in the Hub cache), so
+    that a report names the very weights; None for a local folder."""
+    if os.path.isdir(name_or_path):
+        return None
+    return extract_commit_hash(cached_file(name_or_path, CONFIG_NAME), None)

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import get_args
 
 import datasets
+import numpy as np
 from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import EntryNotFoundError
 
@@ -75,7 +76,8 @@ class EvaluationSplits:
     """How the test set was made: protocol, source dataset and split, seed, sizes."""
     draw: dict
     """What the trial drew, for `dalda compare` to check that two methods drew alike: the source, the selection
-    protocol and seed, and digests of the shots' and the test set's source rows."""
+    protocol and seed, and digests of the shots' and the test images' source rows (those left once the validation
+    images are carved out)."""
     augmented: datasets.Dataset
     """The augmented dataset itself (images undecoded)."""
     recorded: dict
@@ -310,24 +312,40 @@ def choose_test_rows(
     return [row for row, label in enumerate(labels) if label is not None]
 
 
-def carve_validation(test: list[ImageRef], fraction: float, seed: int) -> tuple[list[ImageRef], list[ImageRef]]:
+def carve_validation(labels: list[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """Moves `fraction` of each class's test images (at least one where a class has two or more) to a validation
-    set, drawn from its own stream, so that early stopping never looks at the test images."""
+    set, drawn from its own stream, so that early stopping never looks at the test images; returns the positions
+    (in `labels`, the test images' classes) of the test images left and of the validation images, in order."""
     if fraction <= 0:
-        return test, []
+        return list(range(len(labels))), []
     rng = stream("validation", seed)
-    validation_rows: set[int] = set()
+    validation: set[int] = set()
     by_class: dict[int, list[int]] = {}
-    for index, ref in enumerate(test):
-        by_class.setdefault(ref.label, []).append(index)
+    for position, label in enumerate(labels):
+        by_class.setdefault(label, []).append(position)
     for label in sorted(by_class):
-        rows = by_class[label]
-        size = min(len(rows) - 1, max(1, round(fraction * len(rows)))) if len(rows) > 1 else 0
-        validation_rows.update(rng.permutation(rows)[:size].tolist())
+        positions = by_class[label]
+        size = min(len(positions) - 1, max(1, round(fraction * len(positions)))) if len(positions) > 1 else 0
+        validation.update(rng.permutation(positions)[:size].tolist())
     return (
-        [ref for index, ref in enumerate(test) if index not in validation_rows],
-        [ref for index, ref in enumerate(test) if index in validation_rows],
+        [position for position in range(len(labels)) if position not in validation],
+        sorted(validation),
     )
+
+
+def classes_without_test_images(class_names: list[str], labels: dict[str, np.ndarray]) -> dict[str, list[str]]:
+    """The classes that no test image of a trial belongs to, each with the trials (by name) that lack it, logged as
+    one warning: balanced accuracy is the mean over the classes a test set has, so such a class does not count."""
+    missing: dict[str, list[str]] = {}
+    for trial, trial_labels in labels.items():
+        for label in sorted(set(range(len(class_names))) - set(np.asarray(trial_labels).tolist())):
+            missing.setdefault(class_names[label], []).append(trial)
+    if missing:
+        logger.warning(
+            "No test image of the class(es) %s: balanced accuracy is the mean over the other classes there.",
+            "; ".join(f"{name!r} (trial {', '.join(trials)})" for name, trials in missing.items()),
+        )
+    return missing
 
 
 def load_evaluation_splits(
@@ -396,7 +414,8 @@ def load_evaluation_splits(
     test = [
         ImageRef(image, real.labels[row], f"source row {row} of split {split!r}") for row, image in zip(rows, images)
     ]
-    test, validation = carve_validation(test, validation_fraction, seed)
+    kept, carved = carve_validation([ref.label for ref in test], validation_fraction, seed)
+    test, validation, rows = [test[i] for i in kept], [test[i] for i in carved], [rows[i] for i in kept]
     description = {
         "protocol": test_set,
         "source_dataset": source_args.dataset,
@@ -418,7 +437,7 @@ def load_evaluation_splits(
         "shots_sha256": _digest(sorted(training_rows)),
         "test_protocol": test_set,
         "test_split": split,
-        "test_rows_sha256": _digest(rows),
+        "test_rows_sha256": _digest(rows),  # the rows tested on, the validation images carved out
     }
     return EvaluationSplits(
         class_names, reals, synthetic, test, validation, description, draw, augmented, settings, skipped

@@ -193,7 +193,9 @@ class TrainModeBatchNormFeatures(RenderedFeatures):
     def __call__(self, step) -> torch.Tensor:
         """The step's features from one forward pass in training mode: the batch statistics are the whole batch's."""
         if step.items.shape[0] != 1:
-            raise ValueError("Batch statistics are per classifier: train one head at a time in batch-norm mode 'paper'.")
+            raise ValueError(
+                "Batch statistics are per classifier: train one head at a time in batch-norm mode 'paper'."
+            )
         extractor = self.extractor
         pixels = torch.stack(
             [
@@ -202,7 +204,9 @@ class TrainModeBatchNormFeatures(RenderedFeatures):
             ]
         )
         # Only the batch-norm layers train: a backbone's dropout or drop-path, if it has any, stays off.
-        batch_norms = [m for m in extractor.backbone.model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        batch_norms = [
+            m for m in extractor.backbone.model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+        ]
         for layer in batch_norms:
             layer.train()
         try:

@@ -35,6 +35,11 @@ ZERO_SPREAD = 1e-12
 otherwise give a t statistic in the millions and a p-value of 1e-16."""
 
 
+def critical_value(df: int, confidence: float = 0.95) -> float:
+    """Student's `t_{(1+confidence)/2, df}`: the half width of a t interval in standard errors (4.30 at df = 2)."""
+    return float(scipy.stats.t.ppf((1 + confidence) / 2, df))
+
+
 def paired_difference(treated: Sequence[float], baseline: Sequence[float], confidence: float = 0.95) -> dict:
     r"""
     The paired difference over n pairs (trials), `d_i = treated_i − baseline_i`, with Student's t interval and test:
@@ -42,21 +47,43 @@ def paired_difference(treated: Sequence[float], baseline: Sequence[float], confi
         mean(d) ± t_{(1+confidence)/2, n−1} · sd(d) / √n,      p = the two-sided paired t-test of mean(d) = 0
         (`scipy.stats.ttest_rel(treated, baseline)`).
 
-    The interval needs n ≥ 2 pairs, the p-value also a spread: with sd(d) ≤ [`ZERO_SPREAD`] the interval is the
-    mean itself and the test is undefined (None).
+    Both rest on `df = n − 1` degrees of freedom (returned with n): with the paper's 3 trials, df = 2 and the
+    critical value t_{0.975, 2} = 4.30, so the interval is wide and a p-value rests on three differences. The
+    interval needs n ≥ 2 pairs (df is None below), the p-value also a spread: with sd(d) ≤ [`ZERO_SPREAD`] the
+    interval is the mean itself and the test is undefined (None).
     """
     differences = np.asarray(treated, dtype=float) - np.asarray(baseline, dtype=float)
     n = differences.size
-    result = {"mean": float(differences.mean()), "ci95": None, "p_value": None, "n": int(n)}
+    result = {"mean": float(differences.mean()), "ci95": None, "p_value": None, "n": int(n), "df": None}
     if n > 1:
+        result["df"] = int(n - 1)
         spread = float(differences.std(ddof=1))
         if spread <= ZERO_SPREAD:
             result["ci95"] = [result["mean"], result["mean"]]
             return result
-        half_width = scipy.stats.t.ppf((1 + confidence) / 2, n - 1) * spread / np.sqrt(n)
+        half_width = critical_value(n - 1, confidence) * spread / np.sqrt(n)
         result["ci95"] = [float(differences.mean() - half_width), float(differences.mean() + half_width)]
         result["p_value"] = float(scipy.stats.ttest_rel(treated, baseline).pvalue)
     return result
+
+
+def holm_adjusted(p_values: Sequence[float | None]) -> list[float | None]:
+    r"""
+    Holm–Bonferroni adjusted p-values of m tests read together (Holm 1979), in the order given:
+
+        p_(1) ≤ … ≤ p_(m) the raw p-values sorted,   p̃_(i) = min(1, max_{j ≤ i} (m − j + 1) · p_(j)).
+
+    Rejecting every test with p̃ ≤ α keeps the chance of any false rejection among the m at most α, whatever their
+    dependence. Each p̃ is at least its raw p, at most 1, and the adjusted values keep the raw values' order. A None
+    (an undefined test) stays None and does not count in m.
+    """
+    defined = [index for index, p in enumerate(p_values) if p is not None]
+    adjusted: list[float | None] = [None] * len(p_values)
+    m, running = len(defined), 0.0
+    for rank, index in enumerate(sorted(defined, key=lambda i: p_values[i])):
+        running = max(running, min(1.0, (m - rank) * float(p_values[index])))
+        adjusted[index] = running
+    return adjusted
 
 
 def select_epochs(histories: Sequence[Sequence[dict]], rule: str) -> list[dict]:

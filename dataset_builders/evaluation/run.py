@@ -27,7 +27,7 @@ import torch
 from huggingface_hub.constants import HF_HOME
 from tqdm.auto import tqdm
 
-from pipeline_dalda.atomic import create_output_dir
+from pipeline_dalda.atomic import check_output_dir, create_output_dir
 
 from ..card import method_label
 from .arguments import DiversityArguments, EvaluateArguments
@@ -38,6 +38,7 @@ from .data import (
     LeakError,
     TrialLocation,
     check_synthetic_scores,
+    classes_without_test_images,
     find_trials,
     load_evaluation_splits,
     prepare_images,
@@ -45,7 +46,8 @@ from .data import (
 from .diversity import check_diversity_requirements, compute_diversity, diversity_table
 from .features import FeatureCache, FeatureExtractor, PreparedImage, RenderedFeatures, TrainModeBatchNormFeatures
 from .metrics import select_epochs
-from .report import SWEEP_ARM, arm_in_words, write_report
+from .report import write_report
+from .summary import SWEEP_ARM, arm_in_words
 from .training import (
     CachedFeatures,
     Draws,
@@ -363,7 +365,7 @@ def evaluate_augmented_dataset(args: EvaluateArguments, diversity_args: Diversit
     if args.filters_synthetic_images:
         for location in locations:
             check_synthetic_scores(location, args.dataset_revision)
-    create_output_dir(args.output_dir)
+    check_output_dir(args.output_dir)  # before the backbone loads; the folder is made once the backbone suits
     device = args.resolved_device()
     backbone = load_backbone(args.backbone, device, getattr(torch, args.dtype))
     if args.batch_norm == "paper" and not backbone.has_batch_norm:
@@ -371,6 +373,7 @@ def evaluate_augmented_dataset(args: EvaluateArguments, diversity_args: Diversit
             f"The backbone {args.backbone!r} has no batch-norm layer, so `batch_norm paper` would change nothing; "
             "use `batch_norm frozen` (its features are cached)."
         )
+    create_output_dir(args.output_dir)  # once the backbone is known to suit the options: a refusal leaves nothing
     mean, std = (
         (PAPER_MEAN, PAPER_STD) if args.normalization == "paper" else (backbone.processor_mean, backbone.processor_std)
     )
@@ -384,6 +387,9 @@ def evaluate_augmented_dataset(args: EvaluateArguments, diversity_args: Diversit
     names = {tuple(trial.splits.class_names) for trial in trials}
     if len(names) > 1:
         raise ValueError(f"The trials of {args.dataset!r} do not share one class list; evaluate them apart.")
+    untested = classes_without_test_images(
+        trials[0].splits.class_names, {trial.location.name: trial.test.features.labels for trial in trials}
+    )
     cached = args.feature_cache and args.batch_norm == "frozen"
     classifiers = plan_classifiers(trials, args, "grid" if cached else "continuous")
     recipe = HeadRecipe(
@@ -397,12 +403,16 @@ def evaluate_augmented_dataset(args: EvaluateArguments, diversity_args: Diversit
         "trials": trials,
         "backbone": {
             "id": args.backbone,
+            "revision": backbone.revision,
             "fingerprint": backbone.fingerprint,
             "feature_dim": backbone.feature_dim,
             "batch_norm": args.batch_norm if backbone.has_batch_norm else None,
         },
         "recipe": asdict(recipe),
         "image_size": args.image_size,
+        "pixels": {"mean": list(mean), "std": list(std)},
+        "feature_cache": cached,
+        "classes_without_test_images": untested,
     }
     results = write_report(args, records, context)  # the classifiers' report is kept whatever comes next
     if not args.diversity:
