@@ -359,6 +359,15 @@ def test_report_files_selection_and_comparison(colours, tiny_models, tmp_path):
     )
     output = tmp_path / "honest"
     assert json.loads((output / "results.json").read_text()) == json.loads(json.dumps(results))
+    # What `dalda compare` checks, as the run used it: the recipe's defaults resolved (CLIP's AdamW and its weight
+    # decay, the learning rate given), the pixels' normalisation and the cached views.
+    assert results["evaluation_protocol"] == {
+        "select": "best_validation_epoch", "validation_fraction": 0.25, "epochs": 10, "iterations_per_epoch": 20,
+        "batch_size": 16, "optimizer": "adamw", "learning_rate": 0.01, "weight_decay": 0.1,
+        "synthetic_probability": 0.5, "image_size": 32, "dtype": "float32", "normalization": "paper",
+        "pixel_mean": [0.5, 0.5, 0.5], "pixel_std": [0.5, 0.5, 0.5], "batch_norm": None, "feature_cache": True,
+        "rotation_step": results["settings"]["rotation_step"],
+    }
     assert results["repeats"] == "trials" and [trial["seed"] for trial in results["trials"]] == [0, 1, 2]
     for trial in results["trials"]:
         assert trial["test_set"]["validation_images"] == 4 * 6 and trial["test_set"]["test_images"] == 96 - 24
