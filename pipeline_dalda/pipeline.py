@@ -35,7 +35,7 @@ import PIL.Image
 import scipy.stats
 import torch
 import torch.nn.functional as F
-from diffusers import StableDiffusionPipeline
+from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
 from diffusers.models.attention_processor import (
     Attention,
     IPAdapterAttnProcessor,
@@ -43,8 +43,17 @@ from diffusers.models.attention_processor import (
     IPAdapterXFormersAttnProcessor,
 )
 from diffusers.models.embeddings import ImageProjection
+from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+from diffusers.schedulers import KarrasDiffusionSchedulers
 from diffusers.utils import BaseOutput, logging
-from transformers import CLIPModel, CLIPProcessor
+from transformers import (
+    CLIPImageProcessor,
+    CLIPModel,
+    CLIPProcessor,
+    CLIPTextModel,
+    CLIPTokenizer,
+    CLIPVisionModelWithProjection,
+)
 
 
 logger = logging.get_logger(__name__)
@@ -493,13 +502,14 @@ class DALDAPipelineOutput(BaseOutput):
     Args:
         images (`list[PIL.Image.Image]`, `np.ndarray` or `torch.Tensor`): the generated images, one per item.
         nsfw_content_detected (`list[bool]`, *optional*): the safety checker's verdicts, if it ran.
-        ip_adapter_scales (`list[float]`): the IP-Adapter weight λ each item was generated with.
+        ip_adapter_scales (`list[float]`, *optional*): the IP-Adapter weight λ each item was generated with; `None`
+            for a text-to-image call, or when the scale set with `set_ip_adapter_scale` differs by adapter or block.
         clip_scores (`list[float]`, *optional*): each item's real-image CLIPScore, when it was known or computable.
     """
 
     images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
     nsfw_content_detected: list[bool] | None
-    ip_adapter_scales: list[float]
+    ip_adapter_scales: list[float] | None
     clip_scores: list[float] | None
 
 
@@ -528,16 +538,17 @@ class DALDAPipeline(StableDiffusionPipeline):
     _optional_components = StableDiffusionPipeline._optional_components + ["clip_model", "clip_processor"]
     _exclude_from_cpu_offload = StableDiffusionPipeline._exclude_from_cpu_offload + ["clip_model"]
 
+    # The component type hints are diffusers' own: `from_pipe` carries over only the components whose types match.
     def __init__(
         self,
-        vae,
-        text_encoder,
-        tokenizer,
-        unet,
-        scheduler,
-        safety_checker,
-        feature_extractor,
-        image_encoder=None,
+        vae: AutoencoderKL,
+        text_encoder: CLIPTextModel,
+        tokenizer: CLIPTokenizer,
+        unet: UNet2DConditionModel,
+        scheduler: KarrasDiffusionSchedulers,
+        safety_checker: StableDiffusionSafetyChecker,
+        feature_extractor: CLIPImageProcessor,
+        image_encoder: CLIPVisionModelWithProjection = None,
         requires_safety_checker: bool = True,
         clip_model: CLIPModel | None = None,
         clip_processor: CLIPProcessor | None = None,
@@ -656,8 +667,11 @@ class DALDAPipeline(StableDiffusionPipeline):
             ip_adapter_image, ip_adapter_image_embeds, device, num_images_per_prompt, do_classifier_free_guidance
         )
 
+    def _has_ip_adapter(self) -> bool:
+        return getattr(self.unet, "encoder_hid_proj", None) is not None
+
     def _ip_adapter_projections(self) -> list[torch.nn.Module]:
-        if getattr(self.unet, "encoder_hid_proj", None) is None:
+        if not self._has_ip_adapter():
             raise ValueError("No IP-Adapter is loaded; call `pipe.load_ip_adapter(...)` first.")
         return list(self.unet.encoder_hid_proj.image_projection_layers)
 
@@ -697,10 +711,22 @@ class DALDAPipeline(StableDiffusionPipeline):
         labels = class_indices(class_labels, class_names)
         return self.clip_scorer(clip_score_mode)(images, labels, class_names).double().numpy()
 
+    def _ip_adapter_scale_set(self) -> float | None:
+        """The scale [`~loaders.IPAdapterMixin.set_ip_adapter_scale`] set, when it is one number for every adapter and
+        block; `None` when it differs between them (then each item's λ is not one number)."""
+        scales = {
+            tuple(processor.scale)
+            for processor in self.unet.attn_processors.values()
+            if isinstance(processor, _IP_ADAPTER_PROCESSORS)
+        }
+        if len(scales) == 1 and len(scale := next(iter(scales))) == 1:
+            return float(scale[0])
+        return None
+
     @torch.no_grad()
     def __call__(
         self,
-        prompt: str | list[str],
+        prompt: str | list[str] | None = None,
         ip_adapter_image: PIL.Image.Image | list[PIL.Image.Image] | None = None,
         ip_adapter_image_embeds: list[torch.Tensor] | None = None,
         ip_adapter_scale: float | Sequence[float] | None = None,
@@ -713,6 +739,8 @@ class DALDAPipeline(StableDiffusionPipeline):
         ags_generator: np.random.Generator | int | list[np.random.Generator] | None = None,
         prompt_prefix: str = DEFAULT_PROMPT_PREFIX,
         negative_prompt: str | list[str] | None = DEFAULT_NEGATIVE_PROMPT,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
         height: int | None = None,
         width: int | None = None,
         num_inference_steps: int = 30,
@@ -722,15 +750,33 @@ class DALDAPipeline(StableDiffusionPipeline):
         latents: torch.Tensor | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
+        cross_attention_kwargs: dict[str, Any] | None = None,
         callback_on_step_end: Callable[..., dict[str, Any]] | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],
         **kwargs,
     ) -> DALDAPipelineOutput | tuple:
         r"""
-        Generates one image per item; item `i` pairs `prompt[i]` with the real image `ip_adapter_image[i]`.
+        Generates `num_images_per_prompt` images per item; item `i` pairs `prompt[i]` with the real image
+        `ip_adapter_image[i]`.
+
+        The call contract, kept with [`StableDiffusionPipeline`]:
+
+        - **Without an image prompt** (neither `ip_adapter_image` nor `ip_adapter_image_embeds`) the call is a
+          text-to-image call on a pipeline with no IP-Adapter loaded. DALDA's prompt prefix and negative prompt stay
+          the defaults; with `prompt_prefix=""` and `negative_prompt=None` it is exactly `StableDiffusionPipeline`'s
+          call. (With an IP-Adapter loaded diffusers cannot generate without an image prompt either; this call says
+          so.)
+        - **The IP-Adapter scale**, in this order: `ip_adapter_scale` given → that λ, one for all items or one per
+          item; else AGS inputs given (`clip_scores`, `class_labels`, `ags` or `ags_generator`) → AGS's λ per item;
+          else the scale set with [`~loaders.IPAdapterMixin.set_ip_adapter_scale`] (a float, per adapter or per
+          block), applied by diffusers' own IP-Adapter processors exactly as `StableDiffusionPipeline` applies it.
+        - `prompt` or `prompt_embeds` (with `negative_prompt_embeds`), `cross_attention_kwargs`,
+          `callback_on_step_end`, `num_images_per_prompt`, `output_type` and `return_dict` behave as in
+          [`StableDiffusionPipeline`], and so do its checks (e.g. both `prompt` and `prompt_embeds` raise its error).
 
         Args:
-            prompt (`str` or `list[str]`): the text prompt of each item (a single string is one item).
+            prompt (`str` or `list[str]`, *optional*):
+                the text prompt of each item (a single string is one item); or pass `prompt_embeds`.
             ip_adapter_image (`PIL.Image.Image` or `list[PIL.Image.Image]`, *optional*):
                 each item's real image, the IP-Adapter image prompt (any PIL mode, any size). CLIPScore scores it as
                 given; the IP-Adapter encodes it resized to the generation size, as DALDA's released code does.
@@ -738,8 +784,8 @@ class DALDAPipeline(StableDiffusionPipeline):
                 instead of `ip_adapter_image`, embeddings from [`~DALDAPipeline.encode_ip_adapter_images`], one
                 tensor per IP-Adapter with one row per item.
             ip_adapter_scale (`float`, `list[float]` or `None`):
-                λ: one value for all items, one per item, or `None` to sample each item's λ with `ags` from its
-                CLIPScore.
+                λ: one value for all items, one per item, or `None` for AGS's λ or the scale set with
+                `set_ip_adapter_scale` (see the order above).
             class_names (`list[str]`, *optional*): every class of the dataset, for CLIPScore.
             class_labels (`list[int | str]`, *optional*): each item's class, as an index or a name.
             clip_scores (`list[float]`, *optional*): precomputed CLIPScores of the items' real images.
@@ -749,10 +795,17 @@ class DALDAPipeline(StableDiffusionPipeline):
             ags_generator (`np.random.Generator`, `int` or `list[np.random.Generator]`, *optional*):
                 seed or generator for sampling λ, or one generator per item (as `generator` may hold one per image),
                 so that an item's λ does not depend on the rest of its batch.
-            prompt_prefix (`str`, defaults to `"best quality, high quality, "`): put before every prompt.
-            negative_prompt (`str` or `list[str]`, defaults to DALDA's negative prompt).
+            prompt_prefix (`str`, defaults to `"best quality, high quality, "`):
+                put before every prompt; `""` switches it off. Not applied to `prompt_embeds`.
+            negative_prompt (`str` or `list[str]`, defaults to DALDA's negative prompt):
+                `None` switches it off (diffusers' empty negative prompt); the default is not used when
+                `negative_prompt_embeds` is given.
+            prompt_embeds, negative_prompt_embeds (`torch.Tensor`, *optional*):
+                as in [`StableDiffusionPipeline`]: text embeddings instead of `prompt` and `negative_prompt`, one row
+                per item.
             height, width, num_inference_steps, guidance_scale, num_images_per_prompt, generator, latents,
-            output_type, return_dict, callback_on_step_end, callback_on_step_end_tensor_inputs:
+            output_type, return_dict, cross_attention_kwargs, callback_on_step_end,
+            callback_on_step_end_tensor_inputs:
                 as in [`StableDiffusionPipeline`]; `generator` may hold one generator per generated image.
             kwargs: passed on to [`StableDiffusionPipeline.__call__`].
 
@@ -760,83 +813,149 @@ class DALDAPipeline(StableDiffusionPipeline):
             [`DALDAPipelineOutput`] or a tuple `(images, nsfw_content_detected, ip_adapter_scales, clip_scores)`,
             with `num_images_per_prompt` consecutive entries per item.
         """
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        batch_size = len(prompts)
+        # 1. Check inputs: diffusers' own checks first, so its inputs fail as they fail in diffusers.
+        if negative_prompt is DEFAULT_NEGATIVE_PROMPT and negative_prompt_embeds is not None:
+            negative_prompt = None
+        self.check_inputs(
+            prompt,
+            height or self.generation_size,
+            width or self.generation_size,
+            None,
+            negative_prompt,
+            prompt_embeds,
+            negative_prompt_embeds,
+            None,
+            None,
+            callback_on_step_end_tensor_inputs,
+        )
+        has_image_prompt = ip_adapter_image is not None or ip_adapter_image_embeds is not None
+        if ip_adapter_image is not None and ip_adapter_image_embeds is not None:
+            raise ValueError("Pass exactly one of `ip_adapter_image` and `ip_adapter_image_embeds`.")
+
+        # 2. Define call parameters
+        if prompt is not None:
+            prompt = [prompt_prefix + text for text in ([prompt] if isinstance(prompt, str) else prompt)]
+            batch_size = len(prompt)
+        else:
+            batch_size = prompt_embeds.shape[0]
         if batch_size == 0:
             raise ValueError("`prompt` is empty; give one prompt per item.")
-        if (ip_adapter_image is None) == (ip_adapter_image_embeds is None):
-            raise ValueError("Pass exactly one of `ip_adapter_image` and `ip_adapter_image_embeds`.")
+        if isinstance(negative_prompt, str):
+            negative_prompt = [negative_prompt] * batch_size
+        if negative_prompt is not None and len(negative_prompt) != batch_size:
+            raise ValueError(f"Got {len(negative_prompt)} negative prompts for {batch_size} prompts.")
+        call_kwargs = dict(
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds,
+            height=height,
+            width=width,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            num_images_per_prompt=num_images_per_prompt,
+            generator=generator,
+            latents=latents,
+            output_type=output_type,
+            return_dict=True,
+            cross_attention_kwargs=cross_attention_kwargs,
+            callback_on_step_end=callback_on_step_end,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+            **kwargs,
+        )
+
+        def per_image(values):
+            return [value for value in values for _ in range(num_images_per_prompt)]
+
+        # 3. Without an image prompt: text-to-image, as in diffusers.
+        if not has_image_prompt:
+            image_prompt_weights = {
+                "ip_adapter_scale": ip_adapter_scale,
+                "clip_scores": clip_scores,
+                "class_labels": class_labels,
+                "ags": ags,
+                "ags_generator": ags_generator,
+            }
+            for name, value in image_prompt_weights.items():
+                if value is not None:
+                    raise ValueError(
+                        f"`{name}` sets the image prompt's weight, but no image prompt was given; pass "
+                        "`ip_adapter_image` or `ip_adapter_image_embeds`."
+                    )
+            if self._has_ip_adapter():
+                raise ValueError(
+                    "An IP-Adapter is loaded, and it needs an image prompt: pass `ip_adapter_image` or "
+                    "`ip_adapter_image_embeds`, or call `pipe.unload_ip_adapter()` for text-to-image."
+                )
+            output = super().__call__(**call_kwargs)
+            return self._output(output, None, None, return_dict)
+
+        # 4. Encode the image prompt, one row per item.
         images = None
         if ip_adapter_image is not None:
             images = [ip_adapter_image] if isinstance(ip_adapter_image, PIL.Image.Image) else list(ip_adapter_image)
             if len(images) != batch_size:
                 raise ValueError(f"Got {len(images)} `ip_adapter_image`s for {batch_size} prompts; give one per item.")
             ip_adapter_image_embeds = self.encode_ip_adapter_images(images)
+        self._ip_adapter_projections()  # says so when no IP-Adapter is loaded
         for index, embeds in enumerate(ip_adapter_image_embeds):
             if embeds.shape[0] != batch_size:
                 raise ValueError(
                     f"`ip_adapter_image_embeds[{index}]` has {embeds.shape[0]} rows for {batch_size} prompts; "
                     "give one row per item (see `encode_ip_adapter_images`)."
                 )
-        if "ip_adapter_masks" in (kwargs.get("cross_attention_kwargs") or {}):
+        uses_ags = any(value is not None for value in (clip_scores, class_labels, ags, ags_generator))
+        per_item_scales = ip_adapter_scale is not None or uses_ags
+        if per_item_scales and "ip_adapter_masks" in (cross_attention_kwargs or {}):
             raise ValueError("IP-Adapter masks are not supported with per-item IP-Adapter scales.")
 
+        # 5. Each item's λ, in the order of the docstring.
         scores = self._item_clip_scores(batch_size, clip_scores, images, class_names, class_labels, clip_score_mode)
-        scales = item_ip_adapter_scales(
-            batch_size, ip_adapter_scale, scores, ags or AdaptiveGuidanceScaling(), num_shots, ags_generator
-        )
+        if per_item_scales:
+            scales = item_ip_adapter_scales(
+                batch_size, ip_adapter_scale, scores, ags or AdaptiveGuidanceScaling(), num_shots, ags_generator
+            )
+        else:
+            scale_set = self._ip_adapter_scale_set()
+            scales = None if scale_set is None else np.full(batch_size, scale_set)
 
+        # 6. Image embeddings per generated image, `[negative..., positive...]` under classifier-free guidance.
         # Items are expanded here, not by diffusers, which tiles image embeddings instead of repeating each item.
-        def per_image(values):
-            return [value for value in values for _ in range(num_images_per_prompt)]
-
-        prompts = per_image(prompt_prefix + text for text in prompts)
-        if isinstance(negative_prompt, str):
-            negative_prompt = [negative_prompt] * batch_size
-        if negative_prompt is not None:
-            if len(negative_prompt) != batch_size:
-                raise ValueError(f"Got {len(negative_prompt)} negative prompts for {batch_size} prompts.")
-            negative_prompt = per_image(negative_prompt)
         positive_embeds = [
             embeds.to(self._execution_device).repeat_interleave(num_images_per_prompt, dim=0)
             for embeds in ip_adapter_image_embeds
         ]
-        image_scales = torch.from_numpy(scales).float().repeat_interleave(num_images_per_prompt)
-
         do_classifier_free_guidance = guidance_scale > 1 and self.unet.config.time_cond_proj_dim is None
         if do_classifier_free_guidance:
             negative_embeds = self._negative_ip_adapter_embeds(positive_embeds)
-            unet_embeds = [torch.cat([neg, pos]) for neg, pos in zip(negative_embeds, positive_embeds)]
-            unet_scales = torch.cat([image_scales, image_scales])
+            call_kwargs["ip_adapter_image_embeds"] = [
+                torch.cat([neg, pos]) for neg, pos in zip(negative_embeds, positive_embeds)
+            ]
         else:
-            unet_embeds, unet_scales = positive_embeds, image_scales
+            call_kwargs["ip_adapter_image_embeds"] = positive_embeds
 
-        with per_item_ip_adapter_scales(self.unet, unet_scales):
-            output = super().__call__(
-                prompt=prompts,
-                negative_prompt=negative_prompt,
-                ip_adapter_image_embeds=unet_embeds,
-                height=height,
-                width=width,
-                num_inference_steps=num_inference_steps,
-                guidance_scale=guidance_scale,
-                num_images_per_prompt=1,
-                generator=generator,
-                latents=latents,
-                output_type=output_type,
-                return_dict=True,
-                callback_on_step_end=callback_on_step_end,
-                callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
-                **kwargs,
-            )
-
-        item_scales = per_image(scales.tolist())
+        # 7. Denoise: with per-item λ's through the per-item processor, else with diffusers' own processors.
+        if per_item_scales:
+            image_scales = torch.from_numpy(scales).float().repeat_interleave(num_images_per_prompt)
+            unet_scales = torch.cat([image_scales, image_scales]) if do_classifier_free_guidance else image_scales
+            with per_item_ip_adapter_scales(self.unet, unet_scales):
+                output = super().__call__(**call_kwargs)
+        else:
+            output = super().__call__(**call_kwargs)
+        item_scales = per_image(scales.tolist()) if scales is not None else None
         item_scores = per_image(scores.tolist()) if scores is not None else None
+        return self._output(output, item_scales, item_scores, return_dict)
+
+    @staticmethod
+    def _output(
+        output, ip_adapter_scales: list[float] | None, clip_scores: list[float] | None, return_dict: bool
+    ) -> DALDAPipelineOutput | tuple:
+        """diffusers' output with each generated image's λ and CLIPScore, as `return_dict` asks."""
         if not return_dict:
-            return output.images, output.nsfw_content_detected, item_scales, item_scores
+            return output.images, output.nsfw_content_detected, ip_adapter_scales, clip_scores
         return DALDAPipelineOutput(
             images=output.images,
             nsfw_content_detected=output.nsfw_content_detected,
-            ip_adapter_scales=item_scales,
-            clip_scores=item_scores,
+            ip_adapter_scales=ip_adapter_scales,
+            clip_scores=clip_scores,
         )
