@@ -255,7 +255,10 @@ class CLIPScorer:
 
     @classmethod
     def from_pretrained(
-        cls, pretrained_model_name_or_path: str | os.PathLike = DEFAULT_CLIP_SCORE_MODEL, mode: str = "probability", **kwargs
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike = DEFAULT_CLIP_SCORE_MODEL,
+        mode: str = "probability",
+        **kwargs,
     ) -> "CLIPScorer":
         """Loads the scoring model and processor from a Hub id or a local folder (`kwargs` go to both loaders)."""
         model = CLIPModel.from_pretrained(pretrained_model_name_or_path, **kwargs)
@@ -439,6 +442,39 @@ def per_item_ip_adapter_scales(unet: torch.nn.Module, item_scales: torch.Tensor)
         yield
     finally:
         unet.set_attn_processor(original_processors)
+
+
+def split_ip_adapter_image_embeds(
+    ip_adapter_image_embeds: list[torch.Tensor], num_items: int, do_classifier_free_guidance: bool
+) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+    """Each IP-Adapter's positive rows, one per item, and the negative rows when the caller gave them.
+
+    Told apart by the row count: `num_items` rows are one positive row per item (ours, or diffusers' layout without
+    classifier-free guidance); under classifier-free guidance `2 · num_items` rows are diffusers' layout, as its
+    `prepare_ip_adapter_image_embeds` returns it, `[negative rows, positive rows]` with one row per item in each half.
+    The two never coincide (`num_items >= 1`).
+    """
+    positives, negatives = [], []
+    for index, embeds in enumerate(ip_adapter_image_embeds):
+        if embeds.shape[0] == num_items:
+            positives.append(embeds)
+        elif do_classifier_free_guidance and embeds.shape[0] == 2 * num_items:
+            negative, positive = embeds.chunk(2)
+            negatives.append(negative)
+            positives.append(positive)
+        else:
+            layouts = f"{num_items} (one per item, see `encode_ip_adapter_images`)"
+            if do_classifier_free_guidance:
+                layouts += f" or {2 * num_items} (negative rows, then positive rows)"
+            raise ValueError(
+                f"`ip_adapter_image_embeds[{index}]` has {embeds.shape[0]} rows for {num_items} prompts; "
+                f"give {layouts}."
+            )
+    if negatives and len(negatives) != len(positives):
+        raise ValueError(
+            "`ip_adapter_image_embeds` mixes layouts: give the negative rows for every IP-Adapter or for none."
+        )
+    return positives, negatives or None
 
 
 def class_indices(class_labels: Sequence[int | str], class_names: Sequence[str]) -> list[int]:
@@ -675,12 +711,39 @@ class DALDAPipeline(StableDiffusionPipeline):
             raise ValueError("No IP-Adapter is loaded; call `pipe.load_ip_adapter(...)` first.")
         return list(self.unet.encoder_hid_proj.image_projection_layers)
 
+    def _check_ip_adapter_processors(self) -> None:
+        """Says so when no IP-Adapter is loaded, or when a diffusers feature replaced its attention processors
+        (diffusers' own call then fails on the image prompt with an `AttributeError`): which feature, and the way
+        back."""
+        self._ip_adapter_projections()
+        processors = self.unet.attn_processors.values()
+        if any(isinstance(processor, _IP_ADAPTER_PROCESSORS) for processor in processors):
+            return
+        kinds = {type(processor).__name__ for processor in processors}
+        if "FusedAttnProcessor2_0" in kinds:
+            raise ValueError(
+                "`fuse_qkv_projections()` replaced the IP-Adapter's attention processors, which the image prompt "
+                "needs; call `pipe.unfuse_qkv_projections()` first."
+            )
+        if kinds & {"SlicedAttnProcessor", "SlicedAttnAddedKVProcessor"}:
+            raise ValueError(
+                "`enable_attention_slicing()` replaced the IP-Adapter's attention processors, which the image prompt "
+                "needs; call `pipe.disable_attention_slicing()`, then `pipe.unload_ip_adapter()` and "
+                "`pipe.load_ip_adapter(...)` again."
+            )
+        raise ValueError(
+            f"The IP-Adapter's attention processors, which the image prompt needs, were replaced (the UNet now has "
+            f"{', '.join(sorted(kinds))}); call `pipe.unload_ip_adapter()` and `pipe.load_ip_adapter(...)` again."
+        )
+
     @torch.no_grad()
     def _negative_ip_adapter_embeds(self, positive_embeds: list[torch.Tensor]) -> list[torch.Tensor]:
-        """The unconditional image embedding diffusers uses: zeros, or the encoder's features of a black image."""
+        """The unconditional image embedding diffusers uses: zeros for the adapters fed CLIP image embeds, and for
+        FaceID adapters (no image encoder; diffusers' FaceID recipe passes zeros as the negative face embedding), else
+        the encoder's features of a black image (IP-Adapter Plus)."""
         negatives = []
         for projection, positive in zip(self._ip_adapter_projections(), positive_embeds):
-            if isinstance(projection, ImageProjection):
+            if isinstance(projection, ImageProjection) or self.image_encoder is None:
                 negatives.append(torch.zeros_like(positive))
                 continue
             size = self.feature_extractor.crop_size
@@ -770,6 +833,9 @@ class DALDAPipeline(StableDiffusionPipeline):
           item; else AGS inputs given (`clip_scores`, `class_labels`, `ags` or `ags_generator`) → AGS's λ per item;
           else the scale set with [`~loaders.IPAdapterMixin.set_ip_adapter_scale`] (a float, per adapter or per
           block), applied by diffusers' own IP-Adapter processors exactly as `StableDiffusionPipeline` applies it.
+        - **Features that replace the attention processors** (`fuse_qkv_projections()`,
+          `enable_attention_slicing()`, `set_attn_processor`) remove the IP-Adapter's; a call with an image prompt
+          then says which feature did it and how to undo it (diffusers' call fails there with an `AttributeError`).
         - `prompt` or `prompt_embeds` (with `negative_prompt_embeds`), `cross_attention_kwargs`,
           `callback_on_step_end`, `num_images_per_prompt`, `output_type` and `return_dict` behave as in
           [`StableDiffusionPipeline`], and so do its checks (e.g. both `prompt` and `prompt_embeds` raise its error).
@@ -781,8 +847,12 @@ class DALDAPipeline(StableDiffusionPipeline):
                 each item's real image, the IP-Adapter image prompt (any PIL mode, any size). CLIPScore scores it as
                 given; the IP-Adapter encodes it resized to the generation size, as DALDA's released code does.
             ip_adapter_image_embeds (`list[torch.Tensor]`, *optional*):
-                instead of `ip_adapter_image`, embeddings from [`~DALDAPipeline.encode_ip_adapter_images`], one
-                tensor per IP-Adapter with one row per item.
+                instead of `ip_adapter_image`, one tensor per IP-Adapter: one row per item, e.g. from
+                [`~DALDAPipeline.encode_ip_adapter_images`] or FaceID face embeddings (the negative rows are then
+                made as diffusers makes them: zeros, for FaceID adapters too, or an encoded black image for IP-Adapter
+                Plus); or, under classifier-free guidance, diffusers' layout as `prepare_ip_adapter_image_embeds`
+                returns it, the negative rows and then the positive rows, one row per item in each (told apart by
+                the row count).
             ip_adapter_scale (`float`, `list[float]` or `None`):
                 λ: one value for all items, one per item, or `None` for AGS's λ or the scale set with
                 `set_ip_adapter_scale` (see the order above).
@@ -897,13 +967,11 @@ class DALDAPipeline(StableDiffusionPipeline):
             if len(images) != batch_size:
                 raise ValueError(f"Got {len(images)} `ip_adapter_image`s for {batch_size} prompts; give one per item.")
             ip_adapter_image_embeds = self.encode_ip_adapter_images(images)
-        self._ip_adapter_projections()  # says so when no IP-Adapter is loaded
-        for index, embeds in enumerate(ip_adapter_image_embeds):
-            if embeds.shape[0] != batch_size:
-                raise ValueError(
-                    f"`ip_adapter_image_embeds[{index}]` has {embeds.shape[0]} rows for {batch_size} prompts; "
-                    "give one row per item (see `encode_ip_adapter_images`)."
-                )
+        self._check_ip_adapter_processors()
+        do_classifier_free_guidance = guidance_scale > 1 and self.unet.config.time_cond_proj_dim is None
+        ip_adapter_image_embeds, given_negative_embeds = split_ip_adapter_image_embeds(
+            ip_adapter_image_embeds, batch_size, do_classifier_free_guidance
+        )
         uses_ags = any(value is not None for value in (clip_scores, class_labels, ags, ags_generator))
         per_item_scales = ip_adapter_scale is not None or uses_ags
         if per_item_scales and "ip_adapter_masks" in (cross_attention_kwargs or {}):
@@ -921,13 +989,18 @@ class DALDAPipeline(StableDiffusionPipeline):
 
         # 6. Image embeddings per generated image, `[negative..., positive...]` under classifier-free guidance.
         # Items are expanded here, not by diffusers, which tiles image embeddings instead of repeating each item.
-        positive_embeds = [
-            embeds.to(self._execution_device).repeat_interleave(num_images_per_prompt, dim=0)
-            for embeds in ip_adapter_image_embeds
-        ]
-        do_classifier_free_guidance = guidance_scale > 1 and self.unet.config.time_cond_proj_dim is None
+        def per_image_embeds(embeds_per_adapter):
+            return [
+                embeds.to(self._execution_device).repeat_interleave(num_images_per_prompt, dim=0)
+                for embeds in embeds_per_adapter
+            ]
+
+        positive_embeds = per_image_embeds(ip_adapter_image_embeds)
         if do_classifier_free_guidance:
-            negative_embeds = self._negative_ip_adapter_embeds(positive_embeds)
+            if given_negative_embeds is not None:
+                negative_embeds = per_image_embeds(given_negative_embeds)
+            else:
+                negative_embeds = self._negative_ip_adapter_embeds(positive_embeds)
             call_kwargs["ip_adapter_image_embeds"] = [
                 torch.cat([neg, pos]) for neg, pos in zip(negative_embeds, positive_embeds)
             ]

@@ -7,8 +7,10 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 from diffusers.image_processor import IPAdapterMaskProcessor
+from safetensors.torch import load_file, save_file
 
 from pipeline_dalda import DEFAULT_NEGATIVE_PROMPT, DEFAULT_PROMPT_PREFIX, AdaptiveGuidanceScaling, DALDAPipeline
+from pipeline_dalda.pipeline import split_ip_adapter_image_embeds
 from pipeline_dalda.testing import IP_ADAPTER_SUBFOLDER, IP_ADAPTER_WEIGHT_NAME
 
 from .helpers import load_ip_adapter, random_images
@@ -299,3 +301,175 @@ def test_per_adapter_scales_set_are_used_as_in_diffusers(dalda_pipe, diffusers_p
     expected = diffusers_image_prompt(diffusers_pipe, [0.3, 0.9], [image, image])
     assert_close(output.images, expected)
     assert_differs(output.images, diffusers_image_prompt(diffusers_pipe, [0.3, 0.3], [image, image]))
+
+
+# `ip_adapter_image_embeds` in diffusers' layout.
+
+
+def diffusers_embeds(pipe, image):
+    """What diffusers' `prepare_ip_adapter_image_embeds` makes of one image under classifier-free guidance."""
+    return pipe.prepare_ip_adapter_image_embeds(image, None, "cpu", 1, True)
+
+
+def test_ip_adapter_image_embeds_in_diffusers_layout_as_in_diffusers(dalda_pipe, diffusers_pipe):
+    image = random_images(1, size=(64, 64), seed=5)[0]
+    (embeds,) = diffusers_embeds(diffusers_pipe, image)
+    assert embeds.shape[0] == 2  # [negative, positive]
+    for pipe in (dalda_pipe, diffusers_pipe):
+        pipe.set_ip_adapter_scale(0.6)
+    theirs = {"negative_prompt": DEFAULT_NEGATIVE_PROMPT}
+    ours = generate(dalda_pipe, "a cat", ip_adapter_image_embeds=[embeds])
+    assert_close(
+        ours, generate(diffusers_pipe, DEFAULT_PROMPT_PREFIX + "a cat", ip_adapter_image_embeds=[embeds], **theirs)
+    )
+    assert_close(ours, generate(dalda_pipe, "a cat", ip_adapter_image=image))
+
+    # The given negative rows are used, not diffusers' zeros made again, or the equalities above prove less.
+    positive_twice = embeds[1:].repeat(2, 1, 1)
+    ours = generate(dalda_pipe, "a cat", ip_adapter_image_embeds=[positive_twice])
+    assert_close(
+        ours,
+        generate(diffusers_pipe, DEFAULT_PROMPT_PREFIX + "a cat", ip_adapter_image_embeds=[positive_twice], **theirs),
+    )
+    assert_differs(ours, generate(dalda_pipe, "a cat", ip_adapter_image=image))
+
+
+def test_ip_adapter_image_embeds_in_diffusers_layout_with_per_item_scales(dalda_pipe, diffusers_pipe):
+    images = random_images(2, size=(64, 64), seed=7)
+    (first, second) = (diffusers_embeds(diffusers_pipe, image)[0] for image in images)
+    negative_then_positive = torch.cat([first[:1], second[:1], first[1:], second[1:]])
+    prompts = ["a cat", "a dog"]
+    kwargs = {"ip_adapter_scale": [0.2, 0.9], "num_images_per_prompt": 2, "seeds": (1, 2, 3, 4)}
+    ours = generate(dalda_pipe, prompts, ip_adapter_image_embeds=[negative_then_positive], **kwargs)
+    assert_close(
+        ours,
+        generate(dalda_pipe, prompts, ip_adapter_image_embeds=dalda_pipe.encode_ip_adapter_images(images), **kwargs),
+    )
+    # Each item gets its own rows, or the equality above proves nothing.
+    swapped = torch.cat([second[:1], first[:1], second[1:], first[1:]])
+    assert_differs(ours, generate(dalda_pipe, prompts, ip_adapter_image_embeds=[swapped], **kwargs))
+
+    with pytest.raises(ValueError, match=r"has 3 rows for 2 prompts; give 2 \(one per item.*or 4 \(negative rows"):
+        dalda_pipe(prompts, ip_adapter_image_embeds=[negative_then_positive[:3]], num_inference_steps=1)
+    with pytest.raises(
+        ValueError, match=r"has 4 rows for 2 prompts; give 2 \(one per item, see `encode_ip_adapter_images`\)\.$"
+    ):
+        dalda_pipe(
+            prompts, ip_adapter_image_embeds=[negative_then_positive], guidance_scale=1.0, num_inference_steps=1
+        )
+    with pytest.raises(ValueError, match="mixes layouts"):
+        split_ip_adapter_image_embeds([negative_then_positive, negative_then_positive[2:]], 2, True)
+
+
+# Features that replace the IP-Adapter's attention processors.
+
+
+def undo_attention_slicing(pipe, tiny_models):
+    pipe.disable_attention_slicing()
+    pipe.unload_ip_adapter()
+    load_ip_adapter(pipe, tiny_models)
+
+
+@pytest.mark.parametrize(
+    "feature, message, undo",
+    [
+        (
+            "fuse_qkv_projections",
+            r"`fuse_qkv_projections\(\)` replaced",
+            lambda pipe, _: pipe.unfuse_qkv_projections(),
+        ),
+        ("enable_attention_slicing", r"`enable_attention_slicing\(\)` replaced", undo_attention_slicing),
+    ],
+)
+def test_features_that_replace_the_ip_adapter_processors_are_named(
+    dalda_pipe, diffusers_pipe, tiny_models, feature, message, undo
+):
+    image = random_images(1, size=(64, 64), seed=5)[0]
+    call = {"ip_adapter_image": image, "num_inference_steps": 1, "output_type": "latent"}
+    for pipe in (dalda_pipe, diffusers_pipe):
+        getattr(pipe, feature)()
+    with pytest.raises(AttributeError):  # what diffusers says
+        diffusers_pipe("a cat", **call)
+    for scale in ({}, {"ip_adapter_scale": [0.5]}):  # the scale set, and per-item λ's
+        with pytest.raises(ValueError, match=message):
+            dalda_pipe("a cat", **call, **scale)
+
+    # The way back the error gives works: the call equals diffusers' again.
+    for pipe in (dalda_pipe, diffusers_pipe):
+        undo(pipe, tiny_models)
+        pipe.set_ip_adapter_scale(0.6)
+    assert_close(
+        generate(dalda_pipe, "a cat", ip_adapter_image=image), diffusers_image_prompt(diffusers_pipe, 0.6, image)
+    )
+
+
+def test_attention_processors_replaced_otherwise_are_named(dalda_pipe):
+    dalda_pipe.unet.set_default_attn_processor()
+    image = random_images(1, size=(64, 64), seed=5)[0]
+    with pytest.raises(
+        ValueError, match="attention processors, which the image prompt needs, were replaced .*AttnProcessor"
+    ):
+        dalda_pipe("a cat", ip_adapter_image=image, ip_adapter_scale=0.5, num_inference_steps=1)
+
+
+# FaceID adapters: face embeddings, no image encoder.
+
+FACE_EMBED_DIM = 16
+
+
+@pytest.fixture
+def faceid_pipes(tiny_models, tmp_path):
+    """The kit's IP-Adapter with a FaceID image projection (`h94/IP-Adapter-FaceID`'s layout), loaded without an image
+    encoder, as FaceID pipelines are, into a `DALDAPipeline` and into diffusers' pipeline."""
+    state_dict = load_file(str(tiny_models.ip_adapter / IP_ADAPTER_SUBFOLDER / IP_ADAPTER_WEIGHT_NAME))
+    cross_attention_dim = state_dict["image_proj.norm.weight"].shape[0]
+    tokens = state_dict["image_proj.proj.weight"].shape[0] // cross_attention_dim
+    generator = torch.Generator().manual_seed(0)
+    hidden = 2 * FACE_EMBED_DIM
+    state_dict = {key: value for key, value in state_dict.items() if not key.startswith("image_proj.")}
+    state_dict |= {
+        "image_proj.proj.0.weight": torch.randn(hidden, FACE_EMBED_DIM, generator=generator) / FACE_EMBED_DIM**0.5,
+        "image_proj.proj.0.bias": torch.zeros(hidden),
+        "image_proj.proj.2.weight": torch.randn(tokens * cross_attention_dim, hidden, generator=generator)
+        / hidden**0.5,
+        "image_proj.proj.2.bias": torch.zeros(tokens * cross_attention_dim),
+        "image_proj.norm.weight": torch.ones(cross_attention_dim),
+        "image_proj.norm.bias": torch.zeros(cross_attention_dim),
+    }
+    save_file(state_dict, str(tmp_path / "ip-adapter-faceid_sd15.safetensors"))
+    pipes = (
+        DALDAPipeline.from_pretrained(tiny_models.stable_diffusion),
+        StableDiffusionPipeline.from_pretrained(tiny_models.stable_diffusion),
+    )
+    for pipe in pipes:
+        pipe.load_ip_adapter(
+            str(tmp_path), subfolder="", weight_name="ip-adapter-faceid_sd15.safetensors", image_encoder_folder=None
+        )
+        pipe.set_progress_bar_config(disable=True)
+        pipe.set_ip_adapter_scale(0.6)
+    return pipes
+
+
+def test_faceid_embeddings_with_zero_negatives_as_in_diffusers(faceid_pipes):
+    dalda, diffusers = faceid_pipes
+    assert dalda.image_encoder is None
+    face = torch.randn(1, 1, FACE_EMBED_DIM, generator=torch.Generator().manual_seed(4))
+    theirs = {"negative_prompt": DEFAULT_NEGATIVE_PROMPT}
+    expected = generate(
+        diffusers,
+        DEFAULT_PROMPT_PREFIX + "a cat",
+        ip_adapter_image_embeds=[torch.cat([torch.zeros_like(face), face])],
+        **theirs,
+    )
+    assert_close(generate(dalda, "a cat", ip_adapter_image_embeds=[face]), expected)  # the scale set
+    assert_close(generate(dalda, "a cat", ip_adapter_image_embeds=[face], ip_adapter_scale=0.6), expected)  # per item
+    # The negative face embedding matters, or the equalities above prove nothing.
+    assert_differs(
+        expected,
+        generate(
+            diffusers,
+            DEFAULT_PROMPT_PREFIX + "a cat",
+            ip_adapter_image_embeds=[torch.cat([torch.ones_like(face), face])],
+            **theirs,
+        ),
+    )
