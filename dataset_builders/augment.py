@@ -582,10 +582,11 @@ def augment_trials(
 
     Returns `{seed: run summary}` on the main process, None on the others.
     """
-    state = PartialState(cpu=method_models(args, model_args).resolved_device().type == "cpu")
+    models = method_models(args, model_args)
+    state = PartialState(cpu=models.resolved_device().type == "cpu")
     class_names = load_real_images(source_args).class_names
     # Bad inputs are refused before anything is made.
-    check_run_inputs(args, method_models(args, model_args), class_names, textual_inversion)
+    check_run_inputs(args, models, class_names, textual_inversion)
     class_prompts(args, class_names)
     shared = run_settings(source_args, replace(args, seeds=None), model_args, ags, textual_inversion)
     root = create_output_dir(args.output_dir)
