@@ -87,7 +87,7 @@ def method_defaults(method: str) -> dict[str, Any]:
     t = 481).
     """
     # Imported here: the pipeline module loads torch and diffusers, which `--help` must not wait for.
-    from pipeline_dalda.pipeline import DEFAULT_NEGATIVE_PROMPT, DEFAULT_PROMPT_PREFIX
+    from pipeline_dalda.dalda_per_item import DEFAULT_NEGATIVE_PROMPT, DEFAULT_PROMPT_PREFIX
 
     if method == "dalda":
         return {

@@ -28,7 +28,7 @@ from diffusers import StableDiffusionImg2ImgPipeline
 
 from pipeline_dalda import AdaptiveGuidanceScaling, DALDAPipeline
 from pipeline_dalda.arguments import ModelArguments
-from pipeline_dalda.pipeline import CLASS_PROMPT_TEMPLATE, class_prompt
+from pipeline_dalda.dalda_scoring import CLASS_PROMPT_TEMPLATE, class_prompt
 from pipeline_dalda.prompts import PromptBank
 from pipeline_dalda.seeding import item_seed, noise_generator, scale_generator, stream
 from pipeline_dalda.textual_inversion import class_token, load_class_tokens

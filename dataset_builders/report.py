@@ -3,6 +3,7 @@
 import json
 import logging
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,37 +41,74 @@ def _stats(values: np.ndarray) -> dict[str, float]:
             (("mean", np.mean), ("std", np.std), ("min", np.min), ("max", np.max))}
 
 
-def contact_sheet(groups: list[tuple[PIL.Image.Image, str, list[tuple[PIL.Image.Image, str]]]], thumb: int = 128):
-    """One row per real image: the real image (class, CLIPScore), then its synthetic images (λ, if any)."""
-    columns = 1 + max(len(synthetic) for _, _, synthetic in groups)
-    caption = 18
-    sheet = PIL.Image.new("RGB", (columns * (thumb + 4) + 4, len(groups) * (thumb + caption + 4) + 4), "white")
+SHEET_BELOW = "red"
+"""The colour of the frame and the score line of a synthetic image below `min_synthetic_score` on the contact sheet."""
+
+
+@dataclass(frozen=True)
+class SheetTile:
+    """One image of the contact sheet, with its caption lines and whether it is marked below the run's threshold."""
+
+    image: PIL.Image.Image
+    lines: list[str]
+    below: bool = False
+
+
+def real_caption(class_name: str, clip_score: float | None) -> list[str]:
+    """A real image's caption: its class (cut to 16 characters) and its CLIPScore against the class."""
+    return [class_name[:16]] + ([f"CLIP {clip_score:.2f}"] if clip_score is not None else [])
+
+
+def synthetic_caption(scale: float | None, own_score: float | None, threshold: float | None) -> tuple[list[str], bool]:
+    """A synthetic image's caption — its λ and its own CLIPScore (`synthetic_clip_score`) — and whether that score
+    is below the run's `min_synthetic_score` (None: no threshold, nothing is below), which the caption says too:
+    `(["lambda 0.42", "CLIP 0.31 < 0.5"], True)`."""
+    lines = [f"lambda {scale:.2f}"] if scale is not None else []
+    below = threshold is not None and own_score is not None and own_score < threshold
+    if own_score is not None:
+        lines.append(f"CLIP {own_score:.2f}" + (f" < {threshold:g}" if below else ""))
+    return lines, below
+
+
+def contact_sheet(rows: list[list[SheetTile]], thumb: int = 128) -> PIL.Image.Image:
+    """One row per real image: the real image (class, CLIPScore), then its synthetic images (λ, own CLIPScore); a
+    synthetic image below the run's threshold gets a red frame and a red score line."""
+    columns = max(len(tiles) for tiles in rows)
+    line_height, lines = 12, max(len(tile.lines) for tiles in rows for tile in tiles)
+    caption = 6 + line_height * lines
+    sheet = PIL.Image.new("RGB", (columns * (thumb + 4) + 4, len(rows) * (thumb + caption + 4) + 4), "white")
     draw = PIL.ImageDraw.Draw(sheet)
-    for row, (real, real_caption, synthetic) in enumerate(groups):
-        for column, (image, text) in enumerate([(real, real_caption)] + synthetic):
+    for row, tiles in enumerate(rows):
+        for column, tile in enumerate(tiles):
             x, y = 4 + column * (thumb + 4), 4 + row * (thumb + caption + 4)
-            sheet.paste(PIL.ImageOps.pad(image.convert("RGB"), (thumb, thumb), color="white"), (x, y))
-            draw.text((x + 2, y + thumb + 3), text, fill="black")
+            sheet.paste(PIL.ImageOps.pad(tile.image.convert("RGB"), (thumb, thumb), color="white"), (x, y))
+            if tile.below:
+                draw.rectangle((x, y, x + thumb - 1, y + thumb - 1), outline=SHEET_BELOW, width=3)
+            for number, text in enumerate(tile.lines):
+                colour = SHEET_BELOW if tile.below and number == len(tile.lines) - 1 else "black"
+                draw.text((x + 2, y + thumb + 3 + number * line_height), text, fill=colour)
     return sheet
 
 
-def _contact_sheet_groups(files: list[Path], class_names: list[str], rows: int) -> list:
-    groups: dict[int, list] = {}
+def contact_sheet_rows(
+    files: list[Path], class_names: list[str], rows: int, threshold: float | None
+) -> list[list[SheetTile]]:
+    """The contact sheet's rows from the run's shards: the first `rows` real images, each with its synthetic images,
+    those whose own CLIPScore is below `threshold` (the run's `min_synthetic_score`, None for none) marked."""
+    groups: dict[int, dict[str, Any]] = {}
     for path in files:
         table = pq.read_table(path, columns=["image", *_STAT_COLUMNS])
         for record in table.to_pylist():
             image = load_image(record["image"])
-            group = groups.setdefault(record["source_index"], [None, "", []])
+            group = groups.setdefault(record["source_index"], {"real": None, "synthetic": []})
             if record["is_synthetic"]:
-                scale = record["ip_adapter_scale"]
-                group[2].append((image, f"lambda {scale:.2f}" if scale is not None else ""))
+                lines, below = synthetic_caption(record["ip_adapter_scale"], record["synthetic_clip_score"], threshold)
+                group["synthetic"].append(SheetTile(image, lines, below))
             else:
-                score = record["clip_score"]
-                name = class_names[record["label"]][:10]
-                group[0], group[1] = image, name + (f"  CLIP {score:.2f}" if score is not None else "")
+                group["real"] = SheetTile(image, real_caption(class_names[record["label"]], record["clip_score"]))
         if len(groups) >= rows:
             break
-    return [tuple(group) for group in list(groups.values())[:rows] if group[0] is not None]
+    return [[group["real"], *group["synthetic"]] for group in list(groups.values())[:rows] if group["real"]]
 
 
 def finalize_output(
@@ -116,9 +154,9 @@ def finalize_output(
             "never_passed": int((own_scores < threshold).sum()),
         }
     if files and sheet_rows > 0:
-        groups = _contact_sheet_groups(files, real.class_names, sheet_rows)
-        if groups:
-            contact_sheet(groups).save(output_dir / "contact_sheet.png")
+        sheet_rows = contact_sheet_rows(files, real.class_names, sheet_rows, threshold)
+        if sheet_rows:
+            contact_sheet(sheet_rows).save(output_dir / "contact_sheet.png")
 
     selection: dict[str, list[int]] = {}
     for index in selected:

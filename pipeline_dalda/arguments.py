@@ -1,5 +1,6 @@
 """The options of the pipeline's commands (`dalda generate`, `dalda prompts`, `dalda tiny-models`, `dalda
-pipeline-repo`) and the model and AGS options `dalda augment` shares, as `HfArgumentParser` dataclasses.
+pipeline-repo`), of `dalda metrics-repo`, and the model and AGS options `dalda augment` shares, as `HfArgumentParser`
+dataclasses.
 
 This module imports nothing heavy, so `dalda <command> --help` answers at once: what needs torch or diffusers is
 imported where an option is turned into a model or a setting, after parsing.
@@ -14,7 +15,7 @@ from urllib.parse import urlsplit
 if TYPE_CHECKING:
     import torch
 
-    from .pipeline import AdaptiveGuidanceScaling
+    from .dalda_scoring import AdaptiveGuidanceScaling
 
 
 AGSMode = Literal["truncnorm", "reference", "random", "fixed"]
@@ -112,7 +113,7 @@ class AGSArguments:
 
     def to_ags(self) -> "AdaptiveGuidanceScaling":
         """The pipeline's AGS settings (which check them)."""
-        from .pipeline import AdaptiveGuidanceScaling
+        from .dalda_scoring import AdaptiveGuidanceScaling
 
         settings = {option.name: getattr(self, option.name) for option in fields(self)}
         return AdaptiveGuidanceScaling(mode=settings.pop("ags_mode"), **settings)
@@ -146,7 +147,7 @@ class GenerateArguments:
 
     def __post_init__(self):
         # Imported here: the pipeline module loads torch and diffusers, which `--help` must not wait for.
-        from .pipeline import DEFAULT_NEGATIVE_PROMPT, DEFAULT_PROMPT_PREFIX
+        from .dalda_per_item import DEFAULT_NEGATIVE_PROMPT, DEFAULT_PROMPT_PREFIX
 
         if self.prompt_prefix is None:
             self.prompt_prefix = DEFAULT_PROMPT_PREFIX
@@ -250,3 +251,23 @@ class PipelineRepoArguments:
         metadata={"help": "ORG/NAME of a Hub model repo to upload to (token: HF_TOKEN or `hf auth login`)."},
     )
     private: bool = field(default=False, metadata={"help": "Create the Hub repo private (if it does not exist)."})
+
+
+@dataclass
+class MetricsRepoArguments:
+    """Which `evaluate` module `dalda metrics-repo` writes as a Space, where, and where it pushes it."""
+
+    metric: str = field(
+        metadata={"help": "The module (a folder of scripts/metrics: clip_i or lpips_diversity); also the first value."}
+    )
+    output_dir: str = field(
+        metadata={"help": "The folder to write the Space into (new, or holding only that module's Space files)."}
+    )
+    push_to_hub: str | None = field(
+        default=None,
+        metadata={
+            "help": "ORG/NAME of a Hub Space to upload to, NAME a Python module name: evaluate.load('ORG/NAME') loads "
+            "it (token: HF_TOKEN or `hf auth login`)."
+        },
+    )
+    private: bool = field(default=False, metadata={"help": "Create the Hub Space private (if it does not exist)."})

@@ -29,6 +29,7 @@ from .arguments import (
     AGSArguments,
     GenerateArguments,
     LLMSettings,
+    MetricsRepoArguments,
     ModelArguments,
     PipelineRepoArguments,
     PromptArguments,
@@ -156,6 +157,12 @@ def _pipeline_repo_command():
     return (PipelineRepoArguments,), publish_pipeline
 
 
+def _metrics_repo_command():
+    from .metrics_repo import publish_metric
+
+    return (MetricsRepoArguments,), publish_metric
+
+
 def _tiny_models_command():
     return (TinyModelsArguments,), tiny_models
 
@@ -167,6 +174,8 @@ class Command:
     """Returns the command's option dataclasses and the function to run (which imports what it needs)."""
     uses_diffusers: bool = True
     """Whether the command imports diffusers (whose progress bar is then silenced)."""
+    positional: str | None = None
+    """The option a leading bare value gives (`dalda metrics-repo clip_i` for `--metric clip_i`)."""
 
 
 COMMANDS = {
@@ -198,6 +207,12 @@ COMMANDS = {
     "generate": Command("Generate images from real images and prompts with DALDAPipeline.", _generate_command),
     "pipeline-repo": Command(
         "Write (and push) a Hub pipeline repository that loads with `custom_pipeline=`.", _pipeline_repo_command
+    ),
+    "metrics-repo": Command(
+        "Write (and push) a metric (clip_i, lpips_diversity) as a Hub Space that `evaluate.load` loads.",
+        _metrics_repo_command,
+        uses_diffusers=False,
+        positional="metric",
     ),
     "tiny-models": Command(
         "Write tiny random models in the real layouts, for offline tests and demos.", _tiny_models_command
@@ -337,10 +352,11 @@ def _check_choices(parsed: tuple[Any, ...]) -> None:
 def parse_options(name: str, options: list[str]) -> tuple[tuple[Any, ...], Callable[..., None]]:
     """The parsed option dataclasses of command `name`, and the function that runs it."""
     arguments, run = COMMANDS[name].load()
+    positional = COMMANDS[name].positional
     parser = DaldaArgumentParser(
         arguments,
         prog=f"dalda {name}",
-        usage=f"dalda {name} [options] | dalda {name} config.yaml",
+        usage=f"dalda {name} {f'{positional.upper()} ' if positional else ''}[options] | dalda {name} config.yaml",
         description=COMMANDS[name].help,
     )
     takes_ags = AGSArguments in arguments  # only then are the old AGS names read
@@ -352,6 +368,8 @@ def parse_options(name: str, options: list[str]) -> tuple[tuple[Any, ...], Calla
         parsed = parser.parse_dict(config)
         _check_choices(parsed)
         return parsed, run
+    if positional and options and not options[0].startswith("-"):
+        options = [f"--{positional}", *options]
     options = _renamed_options(options) if takes_ags else options
     moved = {name: where for dataclass in arguments for name, where in getattr(dataclass, "_moved_options", {}).items()}
     _refuse_unknown(parser.parse_known_args(options)[1], names, "", moved=moved)  # before the options' own checks

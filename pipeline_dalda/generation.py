@@ -10,7 +10,8 @@ from .arguments import GenerateArguments, ModelArguments
 from .atomic import create_output_dir
 from .images import BadImage, load_image
 from .loading import load_dalda_pipeline
-from .pipeline import AdaptiveGuidanceScaling, class_indices
+from .dalda_per_item import class_indices
+from .dalda_scoring import AdaptiveGuidanceScaling
 from .seeding import item_seed, noise_generator, scale_generator
 
 

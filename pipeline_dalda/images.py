@@ -8,7 +8,7 @@ from pathlib import Path
 import PIL.Image
 import PIL.ImageOps
 
-from .pipeline import to_rgb
+from .dalda_scoring import to_rgb
 
 
 class BadImage(ValueError):

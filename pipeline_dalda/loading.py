@@ -7,7 +7,8 @@ from diffusers import AutoencoderKL, DDIMScheduler
 from transformers import CLIPModel, CLIPProcessor
 
 from .arguments import ModelArguments
-from .pipeline import DALDA_SCHEDULER_CONFIG, DALDAPipeline
+from .dalda_per_item import DALDA_SCHEDULER_CONFIG
+from .pipeline import DALDAPipeline
 
 
 logger = logging.getLogger(__name__)

@@ -1,8 +1,9 @@
 """Publishing the pipeline: a Hub pipeline repository that `custom_pipeline="<org>/<name>"` loads, and the one
 function that uploads a folder to the Hub.
 
-diffusers loads a custom pipeline given as a repository id or a folder from that repository's `pipeline.py`, so the
-repository holds this package's `pipeline.py` unchanged and a model card (`README.md`) saying how to load it.
+diffusers loads a custom pipeline given as a repository id or a folder from that repository's `pipeline.py`, and
+fetches the modules it imports relatively beside it, so the repository holds this package's `pipeline.py` and the
+DALDA modules it imports, unchanged, and a model card (`README.md`) saying how to load it.
 """
 
 import logging
@@ -34,7 +35,7 @@ def render_model_card(repo_id: str | None = None) -> ModelCard:
     """The pipeline repository's card: Hub metadata, and how to load the pipeline from `repo_id` (a placeholder
     folder path when `None`) with the models, scheduler and IP-Adapter that `dalda`'s own loader uses."""
     # Imported here, not above: the scheduler settings live beside torch and diffusers, which pushing does not need.
-    from .pipeline import DALDA_SCHEDULER_CONFIG
+    from .dalda_per_item import DALDA_SCHEDULER_CONFIG
 
     models = ModelArguments()
     card_data = ModelCardData(
@@ -54,19 +55,26 @@ def render_model_card(repo_id: str | None = None) -> ModelCard:
 
 
 def write_pipeline_repo(output_dir: str | os.PathLike, repo_id: str | None = None) -> Path:
-    """Writes the pipeline repository into `output_dir`: `pipeline.py` (a byte copy of this package's) and its card.
+    """Writes the pipeline repository into `output_dir`: `pipeline.py` and the DALDA modules it imports (byte copies
+    of this package's) and its card.
 
     A folder holding anything else is refused: pushing it would upload that too.
     """
+    from .dalda_per_item import SHARED_MODULES
+
+    repo_files = (PIPELINE_FILE, *SHARED_MODULES, CARD_FILE)
     folder = create_output_dir(output_dir)
     if folder.exists():
-        others = sorted(path.name for path in folder.iterdir() if path.name not in (PIPELINE_FILE, CARD_FILE))
+        others = sorted(path.name for path in folder.iterdir() if path.name not in repo_files)
         if others:
             raise ValueError(
                 f"`output_dir` {str(folder)!r} holds {others}; give a new folder, or one holding only "
-                f"{PIPELINE_FILE} and {CARD_FILE}."
+                f"{', '.join(repo_files)}."
             )
-    shutil.copyfile(Path(__file__).with_name("pipeline.py"), folder / PIPELINE_FILE)  # the package's pipeline file
+    package = Path(__file__).parent
+    shutil.copyfile(package / "pipeline.py", folder / PIPELINE_FILE)
+    for module in SHARED_MODULES:
+        shutil.copyfile(package / module, folder / module)
     render_model_card(repo_id).save(folder / CARD_FILE)
     return folder
 
@@ -77,12 +85,13 @@ def push_folder(
     repo_type: str,
     private: bool = False,
     ignore_patterns: list[str] | None = None,
+    space_sdk: str | None = None,
 ) -> str:
-    """Creates the Hub repository (kept if it exists) and uploads `folder` to it in one commit; returns the commit's
-    URL. The token comes from the environment (`HF_TOKEN`) or the local login, never from an argument that could be
-    logged."""
+    """Creates the Hub repository (kept if it exists; a Space with its `space_sdk`, e.g. "gradio") and uploads
+    `folder` to it in one commit; returns the commit's URL. The token comes from the environment (`HF_TOKEN`) or the
+    local login, never from an argument that could be logged."""
     api = HfApi()
-    api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
+    api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True, space_sdk=space_sdk)
     commit = api.upload_folder(
         repo_id=repo_id, repo_type=repo_type, folder_path=str(folder), ignore_patterns=ignore_patterns
     )

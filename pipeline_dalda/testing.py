@@ -7,7 +7,8 @@ offline demo and users' own CI load them with the same calls as the real models:
     pipe = DALDAPipeline.from_pretrained(paths.stable_diffusion, clip_model=..., clip_processor=...)
     pipe.load_ip_adapter(paths.ip_adapter, subfolder="models", weight_name=IP_ADAPTER_WEIGHT_NAME)
 
-Random weights make noise images: the kit checks mechanics and equivalence, never image quality.
+Random weights make noise images: the kit checks mechanics and equivalence, never image quality. The SDXL kit is in
+`pipeline_dalda.testing_sdxl`; it shares this module's tokenizer, IP-Adapter writer, image encoders and scorer.
 """
 
 import os
@@ -34,11 +35,13 @@ from transformers import (
     ResNetModel,
 )
 
-from .pipeline import DALDA_SCHEDULER_CONFIG
+from .dalda_per_item import DALDA_SCHEDULER_CONFIG
 
 
 IP_ADAPTER_SUBFOLDER = "models"
 IP_ADAPTER_WEIGHT_NAME = "ip-adapter_sd15.safetensors"
+IMAGE_ENCODER_FOLDER = "image_encoder"
+"""The image encoder's folder inside an IP-Adapter subfolder (`load_ip_adapter`'s default `image_encoder_folder`)."""
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,7 @@ class KitArchitecture:
     text_encoder: dict[str, Any]
     """`CLIPTextConfig` arguments of the text encoder (the vocabulary comes from the tokenizer)."""
     image_encoder: dict[str, Any]
-    """`CLIPVisionConfig` arguments of the IP-Adapter's image encoder."""
+    """`CLIPVisionConfig` arguments of the IP-Adapter's image encoder, the ViT-H/14 role (`models/image_encoder`)."""
     scorer_text: dict[str, Any]
     scorer_vision: dict[str, Any]
     scorer_projection: int
@@ -127,9 +130,11 @@ class TinyModelPaths:
     """Where [`save_tiny_models`] put each model."""
 
     stable_diffusion: Path
-    """A Stable Diffusion 1.x pipeline folder (UNet, VAE, CLIP text encoder and tokenizer, DDIM scheduler)."""
+    """The pipeline folder: Stable Diffusion 1.x (UNet, VAE, CLIP text encoder and tokenizer, DDIM scheduler), or
+    SDXL in the SDXL kit."""
     ip_adapter: Path
-    """An `h94/IP-Adapter`-shaped repo: `models/ip-adapter_sd15.safetensors` and `models/image_encoder/`."""
+    """An `h94/IP-Adapter`-shaped repo: `models/ip-adapter_sd15.safetensors` and `models/image_encoder/`, or in the
+    SDXL kit `models/image_encoder/` and `sdxl_models/`."""
     clip_scorer: Path
     """A CLIP model and processor folder for CLIPScore; also the CLIP backbone of `dalda evaluate`."""
     resnet: Path | None
@@ -146,7 +151,8 @@ def tiny_clip_tokenizer(max_tokens: int = TINY.max_tokens) -> CLIPTokenizer:
     )
 
 
-def _text_config(settings: dict[str, Any], vocab_size: int, max_tokens: int) -> CLIPTextConfig:
+def clip_text_config(settings: dict[str, Any], vocab_size: int, max_tokens: int) -> CLIPTextConfig:
+    """A CLIP text tower's config for the byte-level tokenizer: its vocabulary, context and special tokens."""
     return CLIPTextConfig(
         **settings,
         vocab_size=vocab_size,
@@ -169,7 +175,7 @@ def save_tiny_stable_diffusion(
     tokenizer = tiny_clip_tokenizer(architecture.max_tokens)
     unet = UNet2DConditionModel(in_channels=4, out_channels=4, **architecture.unet)
     vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, **architecture.vae)
-    text_encoder = CLIPTextModel(_text_config(architecture.text_encoder, len(tokenizer), architecture.max_tokens))
+    text_encoder = CLIPTextModel(clip_text_config(architecture.text_encoder, len(tokenizer), architecture.max_tokens))
     pipe = StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
@@ -185,31 +191,99 @@ def save_tiny_stable_diffusion(
     return output_dir
 
 
-def save_tiny_ip_adapter(
-    output_dir: str | os.PathLike,
-    stable_diffusion_dir: str | os.PathLike,
-    seed: int = 0,
-    architecture: KitArchitecture = TINY,
-) -> Path:
-    """Saves an IP-Adapter for the kit's UNet in the `h94/IP-Adapter` layout, with its CLIP vision encoder.
+_RESAMPLER_DEPTH = 4
+_RESAMPLER_HEAD_WIDTH = 64
+_RESAMPLER_FEED_FORWARD_RATIO = 4
+"""What diffusers' `IPAdapterPlusImageProjection` builds whatever the weights: 4 blocks of 64-wide heads, 4× wide
+feed-forwards."""
+
+
+@dataclass(frozen=True)
+class ResamplerArchitecture:
+    """The "plus" IP-Adapter's image projection (h94's `Resampler`, diffusers' `IPAdapterPlusImageProjection`):
+    `tokens` learned queries, `hidden_size` wide, attend in 4 blocks of `heads` 64-wide heads to the image encoder's
+    penultimate hidden states, and are projected to the UNet's cross-attention width."""
+
+    hidden_size: int
+    heads: int
+    tokens: int
+
+
+def unet_layout(pipeline_dir: str | os.PathLike) -> UNet2DConditionModel:
+    """The UNet of a saved pipeline folder, built from its config on the `meta` device: its attention layers and
+    their widths, which the IP-Adapter's weights follow, without reading its weights."""
+    config = UNet2DConditionModel.load_config(Path(pipeline_dir), subfolder="unet")
+    with torch.device("meta"):
+        return UNet2DConditionModel.from_config(config)
+
+
+def _linear_projection(random, cross_attention_dim: int, image_encoder: dict[str, Any], tokens: int) -> dict:
+    """`image_proj` of `ip-adapter_sd15` and `ip-adapter_sdxl(_vit-h)`: the image embedding to `tokens` tokens."""
+    return {
+        "proj.weight": random(tokens * cross_attention_dim, image_encoder["projection_dim"]),
+        "proj.bias": torch.zeros(tokens * cross_attention_dim),
+        "norm.weight": torch.ones(cross_attention_dim),
+        "norm.bias": torch.zeros(cross_attention_dim),
+    }
+
+
+def _resampler(random, cross_attention_dim: int, image_encoder: dict[str, Any], resampler: ResamplerArchitecture):
+    """`image_proj` of `ip-adapter-plus_*`, keyed as h94's `Resampler`: `layers.N.0` the attention (`norm1` the
+    image features', `norm2` the queries' layer norm), `layers.N.1` the feed-forward (LayerNorm, Linear, GELU,
+    Linear)."""
+    width, inner = resampler.hidden_size, resampler.heads * _RESAMPLER_HEAD_WIDTH
+    feed_forward = _RESAMPLER_FEED_FORWARD_RATIO * width
+    state_dict = {
+        "latents": random(1, resampler.tokens, width),
+        "proj_in.weight": random(width, image_encoder["hidden_size"]),
+        "proj_in.bias": torch.zeros(width),
+        "proj_out.weight": random(cross_attention_dim, width),
+        "proj_out.bias": torch.zeros(cross_attention_dim),
+        "norm_out.weight": torch.ones(cross_attention_dim),
+        "norm_out.bias": torch.zeros(cross_attention_dim),
+    }
+    for block in range(_RESAMPLER_DEPTH):
+        attention, mlp = f"layers.{block}.0", f"layers.{block}.1"
+        for norm in ("norm1", "norm2"):
+            state_dict[f"{attention}.{norm}.weight"] = torch.ones(width)
+            state_dict[f"{attention}.{norm}.bias"] = torch.zeros(width)
+        state_dict |= {
+            f"{attention}.to_q.weight": random(inner, width),
+            f"{attention}.to_kv.weight": random(2 * inner, width),
+            f"{attention}.to_out.weight": random(width, inner),
+            f"{mlp}.0.weight": torch.ones(width),
+            f"{mlp}.0.bias": torch.zeros(width),
+            f"{mlp}.1.weight": random(feed_forward, width),
+            f"{mlp}.3.weight": random(width, feed_forward),
+        }
+    return state_dict
+
+
+def save_ip_adapter_weights(
+    path: Path,
+    unet: UNet2DConditionModel,
+    image_encoder: dict[str, Any],
+    seed: int,
+    tokens: int = 4,
+    resampler: ResamplerArchitecture | None = None,
+) -> None:
+    """Writes one IP-Adapter weight file in h94's layout for `unet`, fed by an image encoder of config
+    `image_encoder`: a linear projection of its image embedding to `tokens` tokens, or with `resampler` the "plus"
+    Resampler over its hidden states; then key/value projections of those tokens into every cross-attention.
 
     Weights are drawn larger than a default init so that λ visibly changes the output of a random model.
     """
     generator = torch.Generator().manual_seed(seed)
-    unet = UNet2DConditionModel.from_pretrained(Path(stable_diffusion_dir), subfolder="unet")
-    cross_attention_dim = unet.config.cross_attention_dim
-    image_embed_dim = architecture.image_encoder["projection_dim"]
 
     def random(*shape):
         return torch.randn(*shape, generator=generator) / shape[-1] ** 0.5
 
-    tokens = architecture.ip_adapter_tokens
-    state_dict = {
-        "image_proj.proj.weight": random(tokens * cross_attention_dim, image_embed_dim),
-        "image_proj.proj.bias": torch.zeros(tokens * cross_attention_dim),
-        "image_proj.norm.weight": torch.ones(cross_attention_dim),
-        "image_proj.norm.bias": torch.zeros(cross_attention_dim),
-    }
+    cross_attention_dim = unet.config.cross_attention_dim
+    if resampler is None:
+        image_proj = _linear_projection(random, cross_attention_dim, image_encoder, tokens)
+    else:
+        image_proj = _resampler(random, cross_attention_dim, image_encoder, resampler)
+    state_dict = {f"image_proj.{key}": value for key, value in image_proj.items()}
     # The released checkpoints number the UNet's attention layers in processor order and keep the odd ones, the
     # cross-attentions, each with key/value projections into that layer's width.
     cross_attentions = [name for name in unet.attn_processors if name.endswith("attn2.processor")]
@@ -217,15 +291,30 @@ def save_tiny_ip_adapter(
         hidden_size = unet.get_submodule(name.removesuffix(".processor")).to_k.out_features
         state_dict[f"ip_adapter.{2 * layer + 1}.to_k_ip.weight"] = 4 * random(hidden_size, cross_attention_dim)
         state_dict[f"ip_adapter.{2 * layer + 1}.to_v_ip.weight"] = 4 * random(hidden_size, cross_attention_dim)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state_dict, str(path))
 
-    output_dir = Path(output_dir)
-    weights_dir = output_dir / IP_ADAPTER_SUBFOLDER
-    weights_dir.mkdir(parents=True, exist_ok=True)
-    save_file(state_dict, str(weights_dir / IP_ADAPTER_WEIGHT_NAME))
+
+def save_image_encoder(output_dir: Path, image_encoder: dict[str, Any], seed: int) -> None:
+    """Saves an IP-Adapter's CLIP vision encoder (`CLIPVisionModelWithProjection`) of config `image_encoder`."""
     torch.manual_seed(seed)
-    encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**architecture.image_encoder))
-    encoder.save_pretrained(weights_dir / "image_encoder")
-    return output_dir
+    CLIPVisionModelWithProjection(CLIPVisionConfig(**image_encoder)).save_pretrained(output_dir)
+
+
+def save_tiny_ip_adapter(
+    output_dir: str | os.PathLike,
+    stable_diffusion_dir: str | os.PathLike,
+    seed: int = 0,
+    architecture: KitArchitecture = TINY,
+) -> Path:
+    """Saves an IP-Adapter for the kit's SD 1.x UNet in the `h94/IP-Adapter` layout: `models/ip-adapter_sd15` and
+    its CLIP vision encoder (the ViT-H/14 role) in `models/image_encoder`."""
+    weights_dir = Path(output_dir) / IP_ADAPTER_SUBFOLDER
+    unet = unet_layout(stable_diffusion_dir)
+    tokens = architecture.ip_adapter_tokens
+    save_ip_adapter_weights(weights_dir / IP_ADAPTER_WEIGHT_NAME, unet, architecture.image_encoder, seed, tokens)
+    save_image_encoder(weights_dir / IMAGE_ENCODER_FOLDER, architecture.image_encoder, seed)
+    return Path(output_dir)
 
 
 def save_tiny_clip_scorer(output_dir: str | os.PathLike, seed: int = 0, architecture: KitArchitecture = TINY) -> Path:
@@ -233,7 +322,7 @@ def save_tiny_clip_scorer(output_dir: str | os.PathLike, seed: int = 0, architec
     torch.manual_seed(seed)
     tokenizer = tiny_clip_tokenizer(architecture.max_tokens)
     config = CLIPConfig(
-        text_config=_text_config(architecture.scorer_text, len(tokenizer), architecture.max_tokens).to_dict(),
+        text_config=clip_text_config(architecture.scorer_text, len(tokenizer), architecture.max_tokens).to_dict(),
         vision_config=CLIPVisionConfig(**architecture.scorer_vision).to_dict(),
         projection_dim=architecture.scorer_projection,
     )

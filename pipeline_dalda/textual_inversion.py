@@ -55,7 +55,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .atomic import atomic_output
-from .pipeline import to_rgb
+from .dalda_scoring import to_rgb
 from .seeding import STREAMS
 from .textual_inversion_arguments import TextualInversionArguments
 

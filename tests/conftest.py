@@ -15,6 +15,7 @@ from transformers import CLIPModel, CLIPProcessor  # noqa: E402
 from pipeline_dalda import DALDAPipeline  # noqa: E402
 from pipeline_dalda.prompts import PromptArguments, generate_prompt_bank  # noqa: E402
 from pipeline_dalda.testing import save_tiny_models  # noqa: E402
+from pipeline_dalda.testing_sdxl import save_tiny_sdxl_models  # noqa: E402
 
 from .helpers import PETS_CLASSES, REGENERATION_STEPS, augment, load_ip_adapter, random_images  # noqa: E402
 from .hub_server import SECRET_TOKEN  # noqa: E402
@@ -23,6 +24,13 @@ from .hub_server import SECRET_TOKEN  # noqa: E402
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
     return save_tiny_models(tmp_path_factory.mktemp("tiny-models"))
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl(tmp_path_factory):
+    """The model kit's SDXL part: an SDXL pipeline, h94's SDXL IP-Adapter files with their image encoders, a CLIP
+    scorer (`TinyModelPaths`, no ResNet)."""
+    return save_tiny_sdxl_models(tmp_path_factory.mktemp("tiny-sdxl"))
 
 
 @pytest.fixture

@@ -1,9 +1,9 @@
 """A real HTTP server on loopback that answers the Hugging Face Hub API calls of a `create_repo` and an
-`upload_folder` (model or dataset repos) and keeps what it was sent: the repos created, the repos committed to, and
-every file committed, per repo. It serves those files back as the Hub does, to `hf_hub_download`, `HfFileSystem`
-(so `datasets.load_dataset("org/name")`) and diffusers' `custom_pipeline="org/name"`: repo info, tree listings,
-paths-info and `resolve` downloads (whole files: no `Range`, no Xet), each at `main` or the repo's current commit, to
-anyone (a private repo too).
+`upload_folder` (model, dataset or Space repos) and keeps what it was sent: the repos created, the repos committed
+to, and every file committed, per repo. It serves those files back as the Hub does, to `hf_hub_download`,
+`HfFileSystem` (so `datasets.load_dataset("org/name")`), diffusers' `custom_pipeline="org/name"` and
+`evaluate.load("org/name")` (a Space's script): repo info, tree listings, paths-info and `resolve` downloads (whole
+files: no `Range`, no Xet), each at `main` or the repo's current commit, to anyone (a private repo too).
 
 Everything else is a 404 with the Hub's `X-Error-Code` (`RepoNotFound`, `RevisionNotFound`, `EntryNotFound`), so the
 clients' "not found" logic (a dataset without a loading script, a missing optional file) runs as against the Hub."""
@@ -122,6 +122,8 @@ class HubServer(LoopbackServer):
                 entry = json.loads(line)
                 if entry["key"] == "file":
                     files[entry["value"]["path"]] = base64.b64decode(entry["value"]["content"])
+                elif entry["key"] == "deletedFile":  # a `CommitOperationDelete`
+                    files.pop(entry["value"]["path"], None)
             commit = hashlib.sha1(json.dumps({p: git_blob_id(c) for p, c in sorted(files.items())}).encode())
             self.commits[f"{repo_types}/{repo}"] = commit.hexdigest()
             self.commit_repos.append(f"{repo_types}/{repo}")

@@ -22,7 +22,7 @@ from pipeline_dalda.arguments import AGSArguments, AGSMode, ModelArguments
 from pipeline_dalda.cli import COMMANDS, DaldaArgumentParser, parse_options
 from pipeline_dalda.images import load_image
 from pipeline_dalda.loading import load_dalda_pipeline
-from pipeline_dalda.pipeline import AGS_MODES, CLASS_PROMPT_TEMPLATE, CLIP_SCORE_MODES, class_prompt
+from pipeline_dalda.dalda_scoring import AGS_MODES, CLASS_PROMPT_TEMPLATE, CLIP_SCORE_MODES, class_prompt
 from pipeline_dalda.prompts.matching import display_name
 from pipeline_dalda.seeding import item_seed, scale_generator
 

@@ -109,7 +109,7 @@ def test_ags_without_scoring_model_says_what_is_missing(tiny_models):
         ({"class_names": CLASSES, "class_labels": [0, 1]}, "`class_labels` has 2 entries for 3 items"),
         ({"clip_scores": [0.2, 0.4]}, "`clip_scores` has 2 entries"),
         ({"clip_scores": [0.2, float("nan"), 0.3]}, r"`clip_scores\[1\]`"),
-        ({"ip_adapter_scale": [0.1, 0.2]}, "`ip_adapter_scale` has 2 entries for 3 items"),
+        ({"ip_adapter_scale": [0.1, 0.2]}, "`ip_adapter_scale` has 2 λ's for 3 items"),
         ({"ip_adapter_scale": float("inf")}, "`ip_adapter_scale` must be finite"),
         ({"ip_adapter_scale": 0.5, "ip_adapter_image": random_images(2)}, "2 `ip_adapter_image`s for 3 prompts"),
         ({"ip_adapter_scale": 0.5, "negative_prompt": ["a", "b"]}, "2 negative prompts for 3 prompts"),

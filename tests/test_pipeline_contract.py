@@ -10,8 +10,8 @@ from diffusers.image_processor import IPAdapterMaskProcessor
 from safetensors.torch import load_file, save_file
 
 from pipeline_dalda import DEFAULT_NEGATIVE_PROMPT, DEFAULT_PROMPT_PREFIX, AdaptiveGuidanceScaling, DALDAPipeline
-from pipeline_dalda.pipeline import split_ip_adapter_image_embeds
-from pipeline_dalda.testing import IP_ADAPTER_SUBFOLDER, IP_ADAPTER_WEIGHT_NAME
+from pipeline_dalda.dalda_per_item import split_ip_adapter_image_embeds
+from pipeline_dalda.testing import IP_ADAPTER_SUBFOLDER, IP_ADAPTER_WEIGHT_NAME, save_tiny_ip_adapter
 
 from .helpers import load_ip_adapter, random_images
 
@@ -214,6 +214,66 @@ def test_ip_adapter_masks_through_cross_attention_kwargs_as_in_diffusers(dalda_p
     assert_close(ours, theirs)
     # The mask is applied, or the equality above proves nothing.
     assert_differs(ours, generate(dalda_pipe, "a cat", ip_adapter_image=image))
+
+
+def left_half_masks():
+    left = np.zeros((64, 64), dtype=np.uint8)
+    left[:, :32] = 255
+    return IPAdapterMaskProcessor().preprocess([PIL.Image.fromarray(left)], height=64, width=64)
+
+
+def test_ip_adapter_masks_with_per_item_scales_item_for_item_as_in_diffusers(dalda_pipe, diffusers_pipe):
+    images = random_images(2, size=(64, 64), seed=3)
+    masked = {"cross_attention_kwargs": {"ip_adapter_masks": [left_half_masks()]}}
+    scales = [0.3, 0.9]
+    ours = generate(
+        dalda_pipe, ["a cat", "a dog"], ip_adapter_image=images, ip_adapter_scale=scales, seeds=(1, 2), **masked
+    )
+    for item, (prompt, image, scale) in enumerate(zip(["a cat", "a dog"], images, scales)):
+        diffusers_pipe.set_ip_adapter_scale(scale)
+        theirs = generate(
+            diffusers_pipe,
+            DEFAULT_PROMPT_PREFIX + prompt,
+            negative_prompt=DEFAULT_NEGATIVE_PROMPT,
+            ip_adapter_image=image,
+            seeds=(item + 1,),
+            **masked,
+        )
+        assert_close(ours[item], theirs[0])
+    # The mask is applied on the per-item path, or the equalities above prove nothing.
+    assert_differs(
+        ours, generate(dalda_pipe, ["a cat", "a dog"], ip_adapter_image=images, ip_adapter_scale=scales, seeds=(1, 2))
+    )
+
+    # The older form, one tensor for all adapters, is read as diffusers reads it; a mask per adapter is checked.
+    tensor_form = {"cross_attention_kwargs": {"ip_adapter_masks": left_half_masks()}}
+    assert_close(
+        generate(
+            dalda_pipe,
+            ["a cat", "a dog"],
+            ip_adapter_image=images,
+            ip_adapter_scale=scales,
+            seeds=(1, 2),
+            **tensor_form,
+        ),
+        ours,
+    )
+    with pytest.raises(ValueError, match=r"`ip_adapter_masks` has 2 entries for 1 IP-Adapters"):
+        generate(
+            dalda_pipe,
+            "a cat",
+            ip_adapter_image=images[0],
+            ip_adapter_scale=0.5,
+            cross_attention_kwargs={"ip_adapter_masks": [left_half_masks()] * 2},
+        )
+    with pytest.raises(ValueError, match=r"`ip_adapter_masks\[0\]` must be a tensor of shape \[1, 1, height"):
+        generate(
+            dalda_pipe,
+            "a cat",
+            ip_adapter_image=images[0],
+            ip_adapter_scale=0.5,
+            cross_attention_kwargs={"ip_adapter_masks": [left_half_masks()[0]]},
+        )
 
 
 # The IP-Adapter scale.
@@ -473,3 +533,49 @@ def test_faceid_embeddings_with_zero_negatives_as_in_diffusers(faceid_pipes):
             **theirs,
         ),
     )
+
+
+def test_per_item_scales_with_several_adapters_item_for_item_as_in_diffusers(
+    dalda_pipe, diffusers_pipe, tiny_models, tmp_path
+):
+    """With as many items as adapters, a flat list is still one λ per item (for every adapter); one row per item
+    gives each adapter its own λ."""
+    other_adapter = save_tiny_ip_adapter(tmp_path / "other-ip-adapter", tiny_models.stable_diffusion, seed=1)
+    paths = [tiny_models.ip_adapter, other_adapter]
+    for pipe in (dalda_pipe, diffusers_pipe):
+        pipe.unload_ip_adapter()
+        pipe.load_ip_adapter(paths, subfolder=[IP_ADAPTER_SUBFOLDER] * 2, weight_name=[IP_ADAPTER_WEIGHT_NAME] * 2)
+    dalda_pipe.set_ip_adapter_scale([0.5, 0.5])  # not used: per-item λ's come first
+    images = random_images(2, size=(64, 64), seed=5)
+    prompts = ["a cat", "a dog"]
+    for given in ([0.2, 0.9], [[0.3, 0.9], [0.9, 0.1]]):
+        output = dalda_pipe(
+            prompts,
+            ip_adapter_image=images,
+            ip_adapter_scale=given,
+            num_inference_steps=STEPS,
+            generator=seeded(1, 2),
+            output_type="np",
+        )
+        assert output.ip_adapter_scales == given
+        for item, scale in enumerate(given):
+            diffusers_pipe.set_ip_adapter_scale(scale if isinstance(scale, list) else [scale, scale])
+            theirs = generate(
+                diffusers_pipe,
+                DEFAULT_PROMPT_PREFIX + prompts[item],
+                negative_prompt=DEFAULT_NEGATIVE_PROMPT,
+                ip_adapter_image=[images[item], images[item]],
+                seeds=(item + 1,),
+            )
+            assert_close(output.images[item], theirs[0])
+    # Each adapter gets its own λ, or the second equality proves nothing.
+    diffusers_pipe.set_ip_adapter_scale([0.9, 0.3])
+    swapped = generate(
+        diffusers_pipe,
+        DEFAULT_PROMPT_PREFIX + "a cat",
+        negative_prompt=DEFAULT_NEGATIVE_PROMPT,
+        ip_adapter_image=[images[0], images[0]],
+    )
+    assert_differs(output.images[0], swapped[0])
+    with pytest.raises(ValueError, match=r"has shape \(2, 3\) for 2 items and 2 IP-Adapters"):
+        dalda_pipe(prompts, ip_adapter_image=images, ip_adapter_scale=[[0.1] * 3] * 2, num_inference_steps=1)

@@ -14,6 +14,7 @@ from huggingface_hub import ModelCard
 import pipeline_dalda
 from pipeline_dalda import DALDA_SCHEDULER_CONFIG
 from pipeline_dalda.arguments import ModelArguments
+from pipeline_dalda.dalda_per_item import SHARED_MODULES
 from pipeline_dalda.publish import FOLDER_PLACEHOLDER, write_pipeline_repo
 
 from .helpers import generate_two_items, load_ip_adapter
@@ -22,6 +23,14 @@ from .hub_server import SECRET_TOKEN, HubServer
 
 
 PACKAGE_PIPELINE_FILE = Path(pipeline_dalda.__file__).with_name("pipeline.py")
+REPO_FILES = sorted(["README.md", "pipeline.py", *SHARED_MODULES])
+"""The pipeline repository: the card, the pipeline file and the DALDA modules it imports."""
+
+
+def assert_package_modules(files: dict[str, bytes]) -> None:
+    """The pipeline file and the DALDA modules are the package's, byte for byte."""
+    for name in ["pipeline.py", *SHARED_MODULES]:
+        assert files[name] == PACKAGE_PIPELINE_FILE.with_name(name).read_bytes(), name
 
 
 def example_calls(card: ModelCard) -> dict[str, ast.Call]:
@@ -46,8 +55,8 @@ def literal_keywords(call: ast.Call) -> dict:
 
 def test_the_folder_holds_the_pipeline_file_and_a_card_that_loads_it(tmp_path):
     folder = write_pipeline_repo(tmp_path / "dalda-pipeline", repo_id="org/dalda-pipeline")
-    assert sorted(path.name for path in folder.iterdir()) == ["README.md", "pipeline.py"]
-    assert (folder / "pipeline.py").read_bytes() == PACKAGE_PIPELINE_FILE.read_bytes()
+    assert sorted(path.name for path in folder.iterdir()) == REPO_FILES
+    assert_package_modules({path.name: path.read_bytes() for path in folder.iterdir()})
 
     card = ModelCard.load(folder / "README.md")
     models = ModelArguments()
@@ -104,8 +113,8 @@ def test_push_to_hub_uploads_the_pipeline_repo_and_never_the_token(tmp_path):
     assert hub.commit_repos == ["models/org/dalda-pipeline"]
     assert hub.authorizations == {f"Bearer {SECRET_TOKEN}"}
     committed = hub.repo_files["models/org/dalda-pipeline"]
-    assert sorted(committed) == ["README.md", "pipeline.py"]
-    assert committed["pipeline.py"] == PACKAGE_PIPELINE_FILE.read_bytes()
+    assert sorted(committed) == REPO_FILES
+    assert_package_modules(committed)
     assert committed["README.md"] == (folder / "README.md").read_bytes()
     assert 'custom_pipeline="org/dalda-pipeline"' in committed["README.md"].decode()
     assert SECRET_TOKEN not in result.stdout + result.stderr
@@ -144,7 +153,8 @@ def test_the_pushed_repo_loads_from_the_hub_as_the_card_says(tiny_models, tmp_pa
         kit = json.dumps(vars(tiny_models), default=str)
         loaded = hub.run_client(LOAD_FROM_THE_HUB, kit, repo_id, home=tmp_path / "home")
     assert loaded.returncode == 0, loaded.stderr[-3000:]
-    assert "models/org/dalda-pipeline/pipeline.py" in hub.downloads
+    for name in ["pipeline.py", *SHARED_MODULES]:
+        assert f"models/org/dalda-pipeline/{name}" in hub.downloads, name
     got = json.loads(loaded.stdout.splitlines()[-1])
     assert got["class"] == "DALDAPipeline" and got["images"][0] == 1
     assert Path(got["file"]).is_relative_to(tmp_path / "home" / "modules")  # the downloaded copy

@@ -11,6 +11,8 @@ report.py     one run's results.json / results.md / epochs.csv
 sweep.py      the synthetic-score threshold sweep's table
 plots.py      the reports' figures
 comparison.py `dalda compare`: runs side by side (the paper's Tables 2 and 3, Fig. 7)
+public.py     what of a report may be published: local paths reduced to `./<name>`
+publish.py    `--push_to_hub`: the report into the dataset's repo, the card's Evaluation table
 diversity.py  CLIP-I and LPIPS diversity through the `evaluate` modules in scripts/metrics/
 run.py        `evaluate_augmented_dataset`, the function behind the command: trials, arms, training
 """

@@ -46,7 +46,7 @@ class EvaluateArguments:
         "class fidelity": ("min_synthetic_score", "min_synthetic_score_sweep"),
         "cache": ("feature_cache", "rotation_step", "cache_dir", "feature_batch_size", "num_workers"),
         "diversity": ("diversity",),
-        "output": ("output_dir", "method_label"),
+        "output": ("output_dir", "method_label", "push_to_hub"),
     }
     """The `--help` heading of each option (read by the `dalda` command line; other parsers ignore it)."""
     _moved_options = {
@@ -197,6 +197,14 @@ class EvaluateArguments:
             "help": "The method's name in tables (default: from how the dataset was made, e.g. 'DALDA (LLM + AGS)')."
         },
     )
+    push_to_hub: str | None = field(
+        default=None,
+        metadata={
+            "help": "ORG/NAME of the evaluated dataset's Hub repo: uploads the report (no local path) to "
+            "evaluation/<backbone>-<method>-<shots>shot/ and rewrites the card's 'Evaluation' table (token: HF_TOKEN "
+            "or `hf auth login`)."
+        },
+    )
 
     def __post_init__(self):
         for name in ("epochs", "iterations_per_epoch", "batch_size", "feature_batch_size"):
@@ -282,11 +290,19 @@ class DiversityArguments:
 class CompareArguments:
     """Which `dalda evaluate` reports `dalda compare` puts side by side, and where."""
 
-    _option_groups = {"data": ("runs",), "output": ("output_dir", "reference_method")}
+    _option_groups = {"data": ("runs",), "output": ("output_dir", "reference_method", "push_to_hub")}
 
     runs: list[str] = field(metadata={"help": "Folders written by `dalda evaluate` (each holds a results.json)."})
     output_dir: str = field(metadata={"help": "Where comparison.md and accuracy_vs_shots.png go."})
     reference_method: str = field(
         default=REFERENCE_METHOD,
         metadata={"help": "The method every other method is tested against, trial by trial (the paper's Table 3)."},
+    )
+    push_to_hub: str | None = field(
+        default=None,
+        metadata={
+            "help": "ORG/NAME of a Hub dataset repo (one `dalda evaluate --push_to_hub` wrote to): uploads "
+            "comparison.md and accuracy_vs_shots.png to evaluation/compare/ and links them from the card's "
+            "'Evaluation' section."
+        },
     )

@@ -21,7 +21,7 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoTokenize
 from transformers.utils import CONFIG_NAME
 from transformers.utils.hub import cached_file, extract_commit_hash
 
-from pipeline_dalda.pipeline import class_prompt
+from pipeline_dalda.dalda_scoring import class_prompt
 
 
 logger = logging.getLogger(__name__)

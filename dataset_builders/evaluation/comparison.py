@@ -13,6 +13,7 @@ from .arguments import REFERENCE_METHOD, CompareArguments
 from .diversity import diversity_table
 from .metrics import mean_and_std, paired_difference, select_epochs
 from .plots import plot_accuracy_vs_shots
+from .publish import check_hub_dataset, push_comparison
 from .summary import (
     OPTIMISTIC,
     OVER,
@@ -324,9 +325,13 @@ def paired_table(comparison: Comparison, column: tuple[str, str], shots: int) ->
 def compare_runs(args: CompareArguments) -> str:
     """Writes comparison.md and accuracy_vs_shots.png for several evaluation runs; returns the markdown."""
     comparison = load_comparison(args.runs, args.reference_method)  # every check before anything is written
+    if args.push_to_hub:
+        check_hub_dataset(args.push_to_hub)
     output_dir = create_output_dir(args.output_dir)
     markdown = comparison_markdown(comparison)
     with atomic_output(output_dir / "comparison.md") as temporary:
         temporary.write_text(markdown, encoding="utf-8")
     plot_accuracy_vs_shots(output_dir / "accuracy_vs_shots.png", comparison.cells)
+    if args.push_to_hub:
+        push_comparison(comparison, output_dir, args.push_to_hub)
     return markdown

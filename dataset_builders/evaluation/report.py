@@ -15,6 +15,7 @@ from ..card import method_label
 from .arguments import EvaluateArguments
 from .metrics import critical_value
 from .plots import plot_accuracy_per_epoch, plot_accuracy_vs_min_synthetic_score, plot_score_histograms
+from .public import MACHINE_SETTINGS, public_path
 from .summary import (
     OPTIMISTIC,
     adjust_for_multiplicity,
@@ -36,8 +37,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-_MACHINE_SETTINGS = ("output_dir", "cache_dir", "device", "num_workers", "feature_batch_size")
-"""Settings of the machine that ran the evaluation, left out of results.md (a file meant to be shared)."""
 _PACKAGES = ("dalda", "torch", "transformers", "datasets", "diffusers", "huggingface_hub")
 
 
@@ -169,7 +168,7 @@ def results_markdown(results: dict) -> str:
         ]
     if results.get("diversity"):
         lines += ["", "## Diversity", "", results["diversity"]["table"]]
-    shared = {name: value for name, value in settings.items() if name not in _MACHINE_SETTINGS}
+    shared = {name: value for name, value in settings.items() if name not in MACHINE_SETTINGS}
     lines += ["", "## Settings", "", "```json", json.dumps(shared, indent=2), "```", ""]
     return "\n".join(lines)
 
@@ -359,7 +358,7 @@ def write_report(args, records: list[dict], context: dict) -> dict:
     with atomic_output(output_dir / "results.md") as temporary:
         temporary.write_text(results_markdown(results), encoding="utf-8")
     write_epochs_csv(output_dir / "epochs.csv", records)
-    title = f"{results['method']}, {results['num_shots']}-shot, {args.backbone}"
+    title = f"{results['method']}, {results['num_shots']}-shot, {public_path(args.backbone)}"  # published too
     plot_accuracy_per_epoch(output_dir / "accuracy_per_epoch.png", records, title)
     if args.min_synthetic_score_sweep:
         threshold = args.min_synthetic_score

@@ -46,6 +46,7 @@ from .data import (
 from .diversity import check_diversity_requirements, compute_diversity, diversity_table
 from .features import FeatureCache, FeatureExtractor, PreparedImage, RenderedFeatures, TrainModeBatchNormFeatures
 from .metrics import select_epochs
+from .publish import check_evaluation_repo, push_report
 from .report import write_report
 from .summary import SWEEP_ARM, arm_in_words
 from .training import (
@@ -365,6 +366,8 @@ def evaluate_augmented_dataset(args: EvaluateArguments, diversity_args: Diversit
     if args.filters_synthetic_images:
         for location in locations:
             check_synthetic_scores(location, args.dataset_revision)
+    if args.push_to_hub:
+        check_evaluation_repo(args, locations)  # the repository must hold the dataset evaluated
     check_output_dir(args.output_dir)  # before the backbone loads; the folder is made once the backbone suits
     device = args.resolved_device()
     backbone = load_backbone(args.backbone, device, getattr(torch, args.dtype))
@@ -416,7 +419,7 @@ def evaluate_augmented_dataset(args: EvaluateArguments, diversity_args: Diversit
     }
     results = write_report(args, records, context)  # the classifiers' report is kept whatever comes next
     if not args.diversity:
-        return results
+        return published(args, results)
     try:
         diversity = trial_diversity(trials, diversity_args, device)
     except Exception as error:
@@ -426,4 +429,11 @@ def evaluate_augmented_dataset(args: EvaluateArguments, diversity_args: Diversit
         ) from error
     label = args.method_label or method_label(trials[0].splits.recorded)
     context["diversity"] = {**diversity, "table": diversity_table([(label, diversity)])}
-    return write_report(args, records, context)
+    return published(args, write_report(args, records, context))
+
+
+def published(args: EvaluateArguments, results: dict) -> dict:
+    """`results`, pushed with the data first where `push_to_hub` asks for it."""
+    if args.push_to_hub:
+        push_report(args, results)
+    return results

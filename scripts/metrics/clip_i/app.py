@@ -4,6 +4,8 @@ import evaluate
 from evaluate.utils import launch_gradio_widget
 
 
-# The script beside this file, so the Space runs whichever namespace it is pushed to.
-module = evaluate.load(str(Path(__file__).with_name("clip_i.py")))
+# The one module script beside this file, whatever its name: `dalda metrics-repo` names it as the Space it is pushed
+# to (evaluate.load("<org>/<name>") fetches `<name>.py`), so this file goes to every Space unchanged.
+(script,) = [path for path in Path(__file__).parent.glob("*.py") if path.name != Path(__file__).name]
+module = evaluate.load(str(script))
 launch_gradio_widget(module)
